@@ -1,0 +1,63 @@
+"""The Evaluator seam: anything that turns a live model into named scores.
+
+The search calls evaluators on one model object whose weights change between trials, so an
+evaluator must never cache anything derived from the weights (only task data, prompts and
+requests). Adding an evaluator is adding one module that calls ``register``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Direction = Literal["maximize", "minimize"]
+
+
+@dataclass
+class EvalResult:
+    """Scores of one evaluation.
+
+    ``metrics`` maps lm-eval style names (``"rev/exact_match,strip"``, ``"perplexity"``) to
+    values. ``items`` maps the same names to per-item scores as ``(doc_id, score)`` pairs when
+    the caller asked for them (pruning and paired comparisons need them), else stays empty.
+    """
+
+    metrics: dict[str, float]
+    items: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Evaluator(Protocol):
+    """Scores a live ``transformers`` model; never writes it to disk."""
+
+    name: str
+
+    def evaluate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        limit: int | None = None,
+        seed: int = 0,
+        samples: Sequence[int] | None = None,
+        per_item: bool = False,
+    ) -> EvalResult: ...
+
+    def direction(self, metric: str) -> Direction:
+        """Whether a higher or a lower value of ``metric`` is better."""
+        ...
+
+
+EvaluatorFactory = Callable[..., Evaluator]
+EVALUATORS: dict[str, EvaluatorFactory] = {}
+
+
+def register(name: str) -> Callable[[EvaluatorFactory], EvaluatorFactory]:
+    def wrap(factory: EvaluatorFactory) -> EvaluatorFactory:
+        if name in EVALUATORS:
+            raise ValueError(f"evaluator {name!r} registered twice")
+        EVALUATORS[name] = factory
+        return factory
+
+    return wrap

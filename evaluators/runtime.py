@@ -1,0 +1,42 @@
+"""Process settings every evaluator applies: no network, and one CPU thread setting.
+
+Evaluators run inside searches that may be offline and share a machine with other workers, so
+they force the Hugging Face libraries offline themselves (environment variables for what is not
+imported yet, module constants for what is) and set torch's thread count from one option.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def force_offline() -> None:
+    """Make the Hub unreachable for this process, even for libraries already imported."""
+    for name in OFFLINE_VARIABLES:
+        os.environ[name] = "1"
+    if (hub := sys.modules.get("huggingface_hub.constants")) is not None:
+        hub.HF_HUB_OFFLINE = True  # read at request time by huggingface_hub
+    if (datasets_config := sys.modules.get("datasets.config")) is not None:
+        datasets_config.HF_HUB_OFFLINE = True
+        datasets_config.HF_DATASETS_OFFLINE = True
+
+
+def configure(threads: int | None = None) -> None:
+    """Apply the evaluator process settings; ``threads=None`` keeps torch's current count.
+
+    Rust tokenizers run their own thread pool next to torch's; with one torch thread asked
+    for, two busy pools on a shared machine are what made evaluation 10-50x slower.
+    """
+    force_offline()
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            from evaluators.errors import EvaluatorError
+
+            raise EvaluatorError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,28 @@
+"""mergesearch's merge engine: mergekit-compatible merges on CPU, streamed from safetensors.
+
+Usable alone, like mergekit: ``run_merge(config, out_dir)`` for one merge to disk, ``Merger`` for
+repeated merges into a live model (the search). Imports nothing from ``search`` or
+``evaluators``, nor Optuna or lm-eval.
+"""
+
+from merging.config import MergeConfig, load_merge_config
+from merging.engine import MergeStats, Merger, NonFiniteError, run_merge, tensor_seed
+from merging.errors import ConfigError, MergeError, MergeRuntimeError
+from merging.methods import METHODS, BaseRole, MergeMethod, get_method
+
+__all__ = [
+    "METHODS",
+    "BaseRole",
+    "ConfigError",
+    "MergeConfig",
+    "MergeError",
+    "MergeMethod",
+    "MergeRuntimeError",
+    "MergeStats",
+    "Merger",
+    "NonFiniteError",
+    "get_method",
+    "load_merge_config",
+    "run_merge",
+    "tensor_seed",
+]

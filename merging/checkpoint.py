@@ -1,0 +1,235 @@
+"""A lazy view over one Hugging Face model folder: names, shapes and dtypes from headers, tensors
+read one at a time from memory-mapped safetensors.
+
+Only safetensors are read by default. Pickle checkpoints (``pytorch_model*.bin``) can execute
+code when unpickled, so they need an explicit opt-in and are then loaded with
+``weights_only=True``. Hub ids go through ``huggingface_hub.snapshot_download`` (its cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from merging.errors import ConfigError
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+# what a Hub download needs: weights, configs, tokenizer files
+HUB_PATTERNS = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _read_safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse a safetensors header without reading tensor data; corrupt files name themselves."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            raw_len = fh.read(8)
+            if len(raw_len) != 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > size - 8 or header_len > 100 * 2**20:
+                raise ValueError(f"header length {header_len} exceeds the file size {size}")
+            header = json.loads(fh.read(header_len))
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        raise ConfigError(
+            f"{path}: corrupted safetensors file ({err}); re-download or re-save the checkpoint"
+        ) from None
+    data_len = size - 8 - header_len
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        end = meta.get("data_offsets", [0, 0])[1]
+        if end > data_len:
+            raise ConfigError(
+                f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, "
+                f"data holds {data_len}); re-download the checkpoint"
+            )
+    return header
+
+
+class Checkpoint:
+    """One model folder. ``names`` keeps the checkpoint's order; ``get`` reads one tensor."""
+
+    def __init__(self, folder: Path, *, allow_pickle: bool = False, ref: str | None = None):
+        self.folder = Path(folder)
+        self.ref = ref or str(folder)
+        self.config = self._read_config()
+        self.tensors: dict[str, TensorInfo] = {}
+        self._handles: dict[Path, Any] = {}
+        self._pickle_state: dict[str, torch.Tensor] | None = None
+        if self._index_safetensors():
+            return
+        if self._index_pickle(allow_pickle):
+            return
+        raise ConfigError(
+            f"{self.folder}: no model.safetensors, sharded safetensors index or pickle checkpoint "
+            "found; point to a Hugging Face model folder"
+        )
+
+    # -- discovery -----------------------------------------------------------------------------
+
+    def _read_config(self) -> dict[str, Any]:
+        path = self.folder / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"{self.folder}: no config.json; is this a Hugging Face model folder?")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+
+    def _index_safetensors(self) -> bool:
+        index = self.folder / "model.safetensors.index.json"
+        single = self.folder / "model.safetensors"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as err:
+                raise ConfigError(f"{index}: invalid index ({err})") from None
+            files = sorted({self.folder / f for f in weight_map.values()})
+            for f in files:
+                if not f.is_file():
+                    raise ConfigError(
+                        f"{index}: names shard {f.name!r}, which is missing; re-download the model"
+                    )
+        elif single.is_file():
+            files = [single]
+        else:
+            return False
+        for f in files:
+            for name, meta in _read_safetensors_header(f).items():
+                if name == "__metadata__":
+                    continue
+                dtype = SAFETENSORS_DTYPES.get(meta["dtype"])
+                if dtype is None:
+                    raise ConfigError(f"{f}: tensor {name!r} has unsupported dtype {meta['dtype']}")
+                self.tensors[name] = TensorInfo(f, tuple(meta["shape"]), dtype)
+        return True
+
+    def _index_pickle(self, allow_pickle: bool) -> bool:
+        index = self.folder / "pytorch_model.bin.index.json"
+        single = self.folder / "pytorch_model.bin"
+        if index.is_file():
+            files = sorted({self.folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+        elif single.is_file():
+            files = [single]
+        else:
+            return False
+        if not allow_pickle:
+            raise ConfigError(
+                f"{self.folder}: only pickle weights (pytorch_model*.bin) found; they can run code "
+                "when loaded. Convert to safetensors, or pass --allow-pickle to load them with "
+                "weights_only=True"
+            )
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            try:
+                state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+            except Exception as err:  # torch raises many types for bad pickles
+                raise ConfigError(f"{f}: cannot load with weights_only=True ({err})") from None
+        self._pickle_state = state
+        for name, tensor in state.items():
+            self.tensors[name] = TensorInfo(f, tuple(tensor.shape), tensor.dtype)
+        return True
+
+    # -- access --------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor (a private copy; callers may keep it, nobody mutates it)."""
+        if self._pickle_state is not None:
+            return self._pickle_state[name]
+        info = self.tensors[name]
+        handle = self._handles.get(info.file)
+        if handle is None:
+            from safetensors import safe_open
+
+            handle = safe_open(str(info.file), framework="pt")
+            self._handles[info.file] = handle
+        return handle.get_tensor(name)
+
+    @property
+    def num_layers(self) -> int:
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(self.config.get(key), int):
+                return self.config[key]
+        text = self.config.get("text_config") or {}
+        if isinstance(text.get("num_hidden_layers"), int):
+            return text["num_hidden_layers"]
+        raise ConfigError(f"{self.folder}/config.json: no num_hidden_layers; unsupported config")
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", False))
+
+
+def resolve_model_path(ref: str, *, allow_pickle: bool = False) -> Path:
+    """A local folder as is; anything else must be a Hub id, fetched through the HF cache."""
+    local = Path(ref).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ConfigError(f"{ref}: is a file; give the model folder that contains it")
+        return local
+    looks_like_hub_id = ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ConfigError(f"{ref}: model folder not found; check the path (or give a Hub id org/name)")
+    from huggingface_hub import snapshot_download
+
+    patterns = HUB_PATTERNS + (["*.bin"] if allow_pickle else [])
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns))
+    except Exception as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        reason = (
+            "offline (HF_HUB_OFFLINE is set) and not in the local Hugging Face cache"
+            if offline
+            else f"could not be downloaded ({type(err).__name__})"
+        )
+        raise ConfigError(
+            f"{ref}: model is {reason}; download it first or give a local folder"
+        ) from None
+
+
+class CheckpointSet:
+    """Opens each referenced model once per process; shared by every merge of a Merger."""
+
+    def __init__(self, *, allow_pickle: bool = False):
+        self.allow_pickle = allow_pickle
+        self._open: dict[str, Checkpoint] = {}
+
+    def get(self, ref: str) -> Checkpoint:
+        ckpt = self._open.get(ref)
+        if ckpt is None:
+            path = resolve_model_path(ref, allow_pickle=self.allow_pickle)
+            ckpt = Checkpoint(path, allow_pickle=self.allow_pickle, ref=ref)
+            self._open[ref] = ckpt
+        return ckpt

@@ -1,0 +1,304 @@
+"""Execute a plan into a sink: read each input once, compute, hand the result over, forget it.
+
+One ``Merger`` per process: it keeps checkpoints open and a bounded cache of source tensors, so a
+search that merges the same sources trial after trial reads them from disk once. Both sinks run
+through ``_execute``: a search candidate and an exported model are made by the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from merging.checkpoint import CheckpointSet
+from merging.config import MergeConfig, load_merge_config
+from merging.errors import ConfigError, MergeRuntimeError
+from merging.plan import MergePlan, TensorJob, TensorRef, _Planner
+from merging.sinks import DiskSink, ModelSink, TensorSink, parse_size
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+DEFAULT_SHARD_SIZE = "5G"
+
+
+class NonFiniteError(MergeRuntimeError):
+    """A merged tensor holds NaN or inf: the candidate is unusable (a search fails the trial)."""
+
+
+@dataclass
+class MergeStats:
+    seconds: float
+    tensors: int
+    bytes_written: int
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A per-tensor seed from (seed, tensor name): same masks whatever the order or threads."""
+    digest = hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class _TensorCache:
+    """LRU of source tensors by (model, name), bounded in bytes; 0 disables it."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> torch.Tensor | None:
+        tensor = self._items.get(key)
+        if tensor is not None:
+            self._items.move_to_end(key)
+        return tensor
+
+    def put(self, key: tuple[str, str], tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if size > self.max_bytes:
+            return
+        self._items[key] = tensor
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
+class Merger:
+    """Plans and executes merges; keep one per process to reuse open checkpoints and the cache."""
+
+    def __init__(
+        self,
+        *,
+        cache_bytes: int = 2 * 2**30,
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
+        threads: int | None = None,
+    ):
+        self.checkpoints = CheckpointSet(allow_pickle=allow_pickle)
+        self.cache = _TensorCache(cache_bytes)
+        self.trust_remote_code = trust_remote_code
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self._plans: dict[str, MergePlan] = {}
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def plan(self, config: MergeConfig | dict | str | Path) -> MergePlan:
+        config = _as_config(config)
+        key = config.to_yaml()
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = _Planner(config, self.checkpoints).build()
+            self._plans[key] = plan
+        return plan
+
+    def output_config(self, config: MergeConfig | dict | str | Path) -> Any:
+        """The merged model's ``transformers`` config (depth after slices, saved dtype)."""
+        from transformers import AutoConfig
+
+        data = dict(self.plan(config).out_config)
+        model_type = data.pop("model_type")
+        return AutoConfig.for_model(model_type, **data)
+
+    def new_model(self, config: MergeConfig | dict | str | Path) -> torch.nn.Module:
+        """An empty model of the merged architecture, to be filled by ``merge_into``."""
+        from transformers import AutoModelForCausalLM
+
+        out_config = self.output_config(config)
+        model = AutoModelForCausalLM.from_config(
+            out_config, trust_remote_code=self.trust_remote_code, dtype=self.plan(config).out_dtype
+        )
+        return model.eval()
+
+    def load_tokenizer(self, config: MergeConfig | dict | str | Path) -> Any:
+        from transformers import AutoTokenizer
+
+        folder = self.plan(config).tokenizer_model.folder
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=self.trust_remote_code)
+
+    # -- execution -----------------------------------------------------------------------------
+
+    def merge_into(
+        self,
+        config: MergeConfig | dict | str | Path,
+        model: torch.nn.Module,
+        *,
+        seed: int | None = None,
+        progress: bool = False,
+        check_finite: bool = True,
+    ) -> MergeStats:
+        """Write the merged tensors into ``model`` in place (no files): the search's path."""
+        config = _as_config(config)
+        sink = ModelSink(model)
+        stats = self._execute(self.plan(config), sink, _seed(config, seed), progress, check_finite)
+        sink.close()
+        return stats
+
+    def merge_to_disk(
+        self,
+        config: MergeConfig | dict | str | Path,
+        out_dir: str | Path,
+        *,
+        seed: int | None = None,
+        shard_size: str | int = DEFAULT_SHARD_SIZE,
+        copy_tokenizer: bool = True,
+        overwrite: bool = False,
+        progress: bool = True,
+        check_finite: bool = False,
+    ) -> Path:
+        """A complete Hugging Face folder at ``out_dir``, or nothing there at all."""
+        config = _as_config(config)
+        plan = self.plan(config)
+        out_dir = Path(out_dir).absolute()
+        _refuse_output_inside_sources(out_dir, plan, self.checkpoints)
+        entries = [(job.out_name, job.shape, self._out_dtype(plan, job)) for job in plan.jobs]
+        sink = DiskSink(out_dir, entries, shard_size=parse_size(shard_size), overwrite=overwrite)
+        try:
+            self._execute(plan, sink, _seed(config, seed), progress, check_finite)
+            _write_metadata(sink.folder, plan, config, copy_tokenizer)
+            return sink.finish()
+        except OSError as err:
+            raise MergeRuntimeError(
+                f"{out_dir}: writing failed ({err.strerror or err}); nothing was left behind"
+            ) from None
+        finally:
+            sink.close()
+
+    def _out_dtype(self, plan: MergePlan, job: TensorJob) -> torch.dtype:
+        if not job.mergeable:
+            ref = job.base or job.inputs[0]
+            return self.checkpoints.get(ref.model).tensors[ref.name].dtype
+        return plan.out_dtype
+
+    def _read(self, ref: TensorRef) -> torch.Tensor:
+        key = (ref.model, ref.name)
+        tensor = self.cache.get(key)
+        if tensor is None:
+            tensor = self.checkpoints.get(ref.model).get(ref.name)
+            self.cache.put(key, tensor)
+        return tensor[: ref.rows] if ref.rows is not None else tensor
+
+    def _read_job(self, job: TensorJob) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        return [self._read(r) for r in job.inputs], (self._read(job.base) if job.base else None)
+
+    def _execute(
+        self, plan: MergePlan, sink: TensorSink, seed: int, progress: bool, check_finite: bool
+    ) -> MergeStats:
+        start = time.perf_counter()
+        written = 0
+        bar = tqdm(total=len(plan.jobs), desc=f"merge ({plan.method.name})", unit="tensor",
+                   disable=not progress, leave=False)
+        # reading the next job's inputs overlaps computing this one's (I/O and math in parallel)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+            pending: Future | None = pool.submit(self._read_job, plan.jobs[0]) if plan.jobs else None
+            for i, job in enumerate(plan.jobs):
+                assert pending is not None
+                inputs, base = pending.result()
+                pending = pool.submit(self._read_job, plan.jobs[i + 1]) if i + 1 < len(plan.jobs) else None
+                result = self._compute(plan, job, inputs, base, seed)
+                if check_finite and result.is_floating_point() and not torch.isfinite(result).all():
+                    raise NonFiniteError(
+                        f"merged tensor {job.out_name!r} contains NaN or inf; the merge parameters "
+                        "are unusable (check weights, lambda and the sources)"
+                    )
+                sink.write(job.out_name, result)
+                written += result.numel() * result.element_size()
+                bar.update()
+        bar.close()
+        return MergeStats(time.perf_counter() - start, len(plan.jobs), written)
+
+    def _compute(
+        self,
+        plan: MergePlan,
+        job: TensorJob,
+        inputs: list[torch.Tensor],
+        base: torch.Tensor | None,
+        seed: int,
+    ) -> torch.Tensor:
+        if not job.mergeable:
+            return base if base is not None else inputs[0]
+        dtype = plan.compute_dtype
+        if dtype is not None:
+            inputs = [t.to(dtype) for t in inputs]
+            base = base.to(dtype) if base is not None else None
+        generator = None
+        if plan.method.uses_randomness:
+            generator = torch.Generator().manual_seed(tensor_seed(seed, job.out_name))
+        try:
+            result = plan.method.fn(inputs, base, job.per_model, job.params, generator)
+        except ConfigError as err:
+            raise ConfigError(f"tensor {job.out_name!r}: {err}") from None
+        return result.to(plan.out_dtype)
+
+
+def _as_config(config: MergeConfig | dict | str | Path) -> MergeConfig:
+    return config if isinstance(config, MergeConfig) else load_merge_config(config)
+
+
+def _seed(config: MergeConfig, seed: int | None) -> int:
+    if seed is not None:
+        return seed
+    return config.seed if config.seed is not None else 0
+
+
+def _refuse_output_inside_sources(out_dir: Path, plan: MergePlan, checkpoints: CheckpointSet) -> None:
+    resolved = out_dir.resolve()
+    for ref in plan.model_refs:
+        folder = checkpoints.get(ref).folder.resolve()
+        if resolved == folder or folder in resolved.parents:
+            raise ConfigError(
+                f"{out_dir}: output folder is inside source model {ref!r}; choose another folder"
+            )
+
+
+def _write_metadata(folder: Path, plan: MergePlan, config: MergeConfig, copy_tokenizer: bool) -> None:
+    (folder / "config.json").write_text(json.dumps(plan.out_config, indent=2, sort_keys=True) + "\n")
+    (folder / "mergesearch_config.yml").write_text(config.to_yaml())
+    generation = plan.reference.folder / "generation_config.json"
+    if generation.is_file():
+        shutil.copy2(generation, folder / generation.name)
+    if copy_tokenizer:
+        for name in TOKENIZER_FILES:
+            src = plan.tokenizer_model.folder / name
+            if src.is_file():
+                shutil.copy2(src, folder / name)
+
+
+def run_merge(
+    config: MergeConfig | dict | str | Path,
+    out_dir: str | Path,
+    *,
+    allow_pickle: bool = False,
+    threads: int | None = None,
+    **kwargs: Any,
+) -> Path:
+    """One merge from a mergekit-style config to a Hugging Face folder (the library entry point).
+
+    ``kwargs`` go to ``Merger.merge_to_disk`` (seed, shard_size, copy_tokenizer, overwrite,
+    progress). No tensor cache: a one-off merge reads every source tensor once.
+    """
+    merger = Merger(cache_bytes=0, allow_pickle=allow_pickle, threads=threads)
+    return merger.merge_to_disk(config, out_dir, **kwargs)

@@ -1,0 +1,99 @@
+"""The contract every merge method fulfils, and the registry from YAML name to method.
+
+A method is a pure function over tensors of one output tensor. The engine resolves parameters
+(precedence, gradients, filters), casts inputs to the compute dtype and hands the function:
+
+- ``inputs``: the non-base tensors, in the order the config lists the models (for ``linear``
+  and ``passthrough`` every listed model, base included, because there the base is just an input),
+- ``base``: the base tensor, or ``None`` when the method takes no base or none was given,
+- ``per_model``: one dict per input with that model's resolved per-model parameters
+  (defaults filled in),
+- ``params``: the resolved global parameters (defaults filled in),
+- ``generator``: a ``torch.Generator`` seeded from (seed, tensor name) for random methods.
+
+Adding a method is adding one module that calls ``register``: no if-chain anywhere knows names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import torch
+
+
+class BaseRole(str, Enum):
+    """What a method does with ``base_model``."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    IGNORED = "ignored"  # a listed base is treated as one more input
+
+
+class Required:
+    """Marker default: the parameter has no default and must be given."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = Required()
+
+
+class MergeFunction(Protocol):
+    def __call__(
+        self,
+        inputs: list[torch.Tensor],
+        base: torch.Tensor | None,
+        per_model: list[dict[str, float]],
+        params: Mapping[str, Any],
+        generator: torch.Generator | None,
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered method: its function plus what the config validator must know about it."""
+
+    name: str
+    fn: MergeFunction
+    base: BaseRole
+    per_model_params: Mapping[str, Any] = field(default_factory=dict)
+    global_params: Mapping[str, Any] = field(default_factory=dict)
+    min_inputs: int = 1  # non-base models (all models for linear/passthrough)
+    max_inputs: int | None = None
+    uses_randomness: bool = False
+    description: str = ""
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def register(method: MergeMethod) -> MergeMethod:
+    if method.name in METHODS:
+        raise ValueError(f"merge method {method.name!r} registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> MergeMethod:
+    """Look a method up by its YAML name; unknown names list the known ones."""
+    from merging.errors import ConfigError
+
+    try:
+        return METHODS[name]
+    except KeyError:
+        known = ", ".join(sorted(METHODS))
+        raise ConfigError(f"unknown merge_method {name!r}; choose one of: {known}") from None
+
+
+def method_from_function(name: str, **kwargs: Any) -> Callable[[MergeFunction], MergeFunction]:
+    """Decorator form of ``register`` for methods defined as plain functions."""
+
+    def wrap(fn: MergeFunction) -> MergeFunction:
+        register(MergeMethod(name=name, fn=fn, **kwargs))
+        return fn
+
+    return wrap

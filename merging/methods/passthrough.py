@@ -1,0 +1,39 @@
+"""Passthrough: copy the single input tensor, optionally scaled (layer stacking, frankenmerges)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from merging.errors import ConfigError
+from merging.methods.base import BaseRole, MergeMethod, register
+
+
+def passthrough(
+    inputs: list[torch.Tensor],
+    base: torch.Tensor | None,
+    per_model: list[dict[str, float]],
+    params: Mapping[str, Any],
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    if len(inputs) != 1:
+        raise ConfigError(f"passthrough takes exactly one model per tensor, got {len(inputs)}")
+    scale = per_model[0].get("scale")
+    if scale is None:
+        return inputs[0]
+    return inputs[0] * float(scale)
+
+
+register(
+    MergeMethod(
+        name="passthrough",
+        fn=passthrough,
+        base=BaseRole.IGNORED,
+        per_model_params={"scale": None},
+        min_inputs=1,
+        max_inputs=1,
+        description="copy one model's tensor, times scale when given",
+    )
+)

@@ -1,0 +1,301 @@
+"""Where merged tensors go: a live model (search) or sharded safetensors on disk (merge, export).
+
+``DiskSink`` knows every output name, shape and dtype from the plan before the first tensor is
+computed, so it writes each shard's header first and then streams tensor bytes in plan order:
+memory stays at one tensor, not one shard. The folder is built under a temporary sibling name and
+renamed into place only when complete, so an interrupted merge never leaves a folder that looks
+finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import torch
+
+from merging.errors import ConfigError, MergeRuntimeError
+
+SAFETENSORS_NAMES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+TEMP_MARK = ".mergesearch-partial-"
+
+
+class TensorSink(Protocol):
+    def write(self, name: str, tensor: torch.Tensor) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# live model
+
+
+class ModelSink:
+    """Copies merged tensors into an existing module's parameters and buffers, in place.
+
+    Tied weights (an ``lm_head`` sharing the embedding) are one tensor in the module: writing the
+    embedding writes both. ``close`` checks that every tensor of the module received a value, so a
+    search never evaluates a model with stale weights from the previous trial.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.targets: dict[str, torch.Tensor] = dict(model.state_dict(keep_vars=True))
+        self.written: set[int] = set()
+        self._persistent = _persistent_names(model)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        target = self.targets.get(name)
+        if target is None:
+            raise MergeRuntimeError(
+                f"merged tensor {name!r} has no counterpart in the live model; the model was built "
+                "for another architecture"
+            )
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise MergeRuntimeError(
+                f"merged tensor {name!r} has shape {list(tensor.shape)}, the live model expects "
+                f"{list(target.shape)}"
+            )
+        with torch.no_grad():
+            target.data.copy_(tensor)
+        self.written.add(target.data_ptr())
+
+    def close(self) -> None:
+        stale = [
+            n
+            for n, t in self.targets.items()
+            if n in self._persistent and t.data_ptr() not in self.written
+        ]
+        if stale:
+            raise MergeRuntimeError(
+                f"the merge did not produce {len(stale)} tensors of the live model "
+                f"(first: {stale[0]!r}); the model and the merge disagree on architecture"
+            )
+
+
+def _persistent_names(model: torch.nn.Module) -> set[str]:
+    """State-dict entries a checkpoint carries (non-persistent buffers such as rotary freqs not)."""
+    return set(model.state_dict().keys())
+
+
+# --------------------------------------------------------------------------------------------
+# disk
+
+
+def parse_size(text: str | int) -> int:
+    """``"5G"``, ``"500M"``, ``"64k"``, ``"2GiB"``, plain bytes -> bytes (decimal like the Hub)."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    raw = text.strip().upper().removesuffix("B")
+    binary = raw.endswith("I")
+    raw = raw.removesuffix("I")
+    unit = raw[-1] if raw and raw[-1] in units else ""
+    number = raw[: len(raw) - len(unit)] if unit else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise ConfigError(
+            f"--out-shard-size: cannot read {text!r}; use bytes or a k/M/G suffix, e.g. 5G"
+        ) from None
+    factor = 1024 ** list(units).index(unit) if binary else units[unit]
+    size = int(value * factor)
+    if size <= 0:
+        raise ConfigError(f"--out-shard-size: {text!r} must be positive")
+    return size
+
+
+@dataclass
+class _Shard:
+    filename: str
+    names: list[str]
+    header: bytes
+
+
+def _layout(
+    entries: list[tuple[str, tuple[int, ...], torch.dtype]], shard_size: int
+) -> list[_Shard]:
+    groups: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
+    used = 0
+    for entry in entries:
+        nbytes = _nbytes(entry[1], entry[2])
+        if groups[-1] and used + nbytes > shard_size:
+            groups.append([])
+            used = 0
+        groups[-1].append(entry)
+        used += nbytes
+    shards = []
+    for i, group in enumerate(groups):
+        filename = (
+            "model.safetensors"
+            if len(groups) == 1
+            else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        )
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, shape, dtype in group:
+            end = offset + _nbytes(shape, dtype)
+            header[name] = {
+                "dtype": SAFETENSORS_NAMES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, end],
+            }
+            offset = end
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        shards.append(_Shard(filename, [g[0] for g in group], raw))
+    return shards
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    n = torch.tensor([], dtype=dtype).element_size()
+    for d in shape:
+        n *= d
+    return n
+
+
+class DiskSink:
+    """Streams tensors into sharded safetensors inside a temporary folder.
+
+    Call ``write`` in exactly the order of ``entries``; ``finish`` writes the index and
+    renames the folder into place; ``close`` without ``finish`` removes the temporary folder.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        entries: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+        *,
+        shard_size: int,
+        overwrite: bool = False,
+    ):
+        self.out_dir = Path(out_dir).absolute()
+        if self.out_dir.exists() and not overwrite:
+            raise ConfigError(f"{self.out_dir}: output folder exists; pass --overwrite to replace it")
+        self.overwrite = overwrite
+        self.entries = list(entries)
+        self.shards = _layout(self.entries, shard_size)
+        self.expected = {name: (shape, dtype) for name, shape, dtype in self.entries}
+        cleanup_stale_temp_dirs(self.out_dir)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out_dir.parent / f".{self.out_dir.name}{TEMP_MARK}{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        try:
+            self.tmp.mkdir()
+        except OSError as err:
+            raise ConfigError(f"{self.out_dir.parent}: cannot create the output ({err.strerror})") from None
+        self._order = [(shard, name) for shard in self.shards for name in shard.names]
+        self._position = 0
+        self._file: BinaryIO | None = None
+        self._finished = False
+
+    @property
+    def folder(self) -> Path:
+        """Where the other files (config, tokenizer) go before ``finish``."""
+        return self.tmp
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        shard, expected = self._order[self._position]
+        if name != expected:
+            raise MergeRuntimeError(f"internal: tensor {name!r} written out of order (want {expected!r})")
+        shape, dtype = self.expected[name]
+        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise MergeRuntimeError(
+                f"internal: tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, planned "
+                f"{dtype} {list(shape)}"
+            )
+        if shard.names[0] == name:
+            self._open(shard)
+        assert self._file is not None
+        data = tensor.contiguous()
+        self._file.write(memoryview(data.view(torch.uint8).numpy()) if data.numel() else b"")
+        self._position += 1
+        if shard.names[-1] == name:
+            self._file.close()
+            self._file = None
+
+    def _open(self, shard: _Shard) -> None:
+        self._file = (self.tmp / shard.filename).open("wb", buffering=8 * 2**20)
+        self._file.write(len(shard.header).to_bytes(8, "little"))
+        self._file.write(shard.header)
+
+    def finish(self) -> Path:
+        if self._position != len(self._order):
+            raise MergeRuntimeError(
+                f"internal: {len(self._order) - self._position} planned tensors were never written"
+            )
+        if len(self.shards) > 1:
+            weight_map = {name: s.filename for s in self.shards for name in s.names}
+            total = sum(_nbytes(shape, dtype) for _, shape, dtype in self.entries)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        _fsync_tree(self.tmp)
+        replace_dir(self.tmp, self.out_dir)
+        self._finished = True
+        return self.out_dir
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if not self._finished and self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}{TEMP_MARK}old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def cleanup_stale_temp_dirs(final: Path) -> None:
+    """Remove temporary siblings of ``final`` left by killed processes (their pid is gone)."""
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    prefix = f".{final.name}{TEMP_MARK}"
+    for entry in parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix) :].removeprefix("old-")
+        if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
