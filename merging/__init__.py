@@ -6,7 +6,7 @@ repeated merges into a live model (the search). Imports nothing from ``search`` 
 """
 
 from merging.config import MergeConfig, load_merge_config
-from merging.engine import MergeStats, Merger, NonFiniteError, run_merge, tensor_seed
+from merging.engine import Merger, MergeStats, NonFiniteError, run_merge, tensor_seed
 from merging.errors import ConfigError, MergeError, MergeRuntimeError
 from merging.methods import METHODS, BaseRole, MergeMethod, get_method
 

@@ -95,7 +95,9 @@ class Checkpoint:
     def _read_config(self) -> dict[str, Any]:
         path = self.folder / "config.json"
         if not path.is_file():
-            raise ConfigError(f"{self.folder}: no config.json; is this a Hugging Face model folder?")
+            raise ConfigError(
+                f"{self.folder}: no config.json; is this a Hugging Face model folder?"
+            )
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -133,7 +135,9 @@ class Checkpoint:
         index = self.folder / "pytorch_model.bin.index.json"
         single = self.folder / "pytorch_model.bin"
         if index.is_file():
-            files = sorted({self.folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+            files = sorted(
+                {self.folder / f for f in json.loads(index.read_text())["weight_map"].values()}
+            )
         elif single.is_file():
             files = [single]
         else:
@@ -201,7 +205,9 @@ def resolve_model_path(ref: str, *, allow_pickle: bool = False) -> Path:
         return local
     looks_like_hub_id = ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
     if not looks_like_hub_id:
-        raise ConfigError(f"{ref}: model folder not found; check the path (or give a Hub id org/name)")
+        raise ConfigError(
+            f"{ref}: model folder not found; check the path (or give a Hub id org/name)"
+        )
     from huggingface_hub import snapshot_download
 
     patterns = HUB_PATTERNS + (["*.bin"] if allow_pickle else [])

@@ -12,7 +12,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
@@ -22,17 +22,17 @@ from merging.methods import METHODS, BaseRole
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+# A parameter value: a scalar, a gradient (tuple of floats) or filters (tuple of FilteredValue).
+Scalar = float | int | bool | str | None
+ParamValue = Scalar | tuple
+
+
 @dataclass(frozen=True)
 class FilteredValue:
     """One ``{filter, value}`` entry; ``filter=None`` is the fallback (``*`` or absent)."""
 
     filter: str | None
-    value: Scalar | Gradient
-
-
-Scalar = Union[float, int, bool, str, None]
-Gradient = tuple
-ParamValue = Union[Scalar, Gradient, tuple]  # tuple of numbers = gradient; of FilteredValue = filters
+    value: Scalar | tuple
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,9 @@ def _parse_model_ref(value: Any, path: str, where: _Where) -> str:
     if not isinstance(value, str) or not value.strip():
         raise where.error(path, f"must be a model path or Hub id, got {value!r}")
     if "+" in value:
-        raise where.error(path, "LoRA references (model+lora) are not supported; merge the LoRA first")
+        raise where.error(
+            path, "LoRA references (model+lora) are not supported; merge the LoRA first"
+        )
     return value.strip()
 
 

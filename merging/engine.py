@@ -209,15 +209,26 @@ class Merger:
     ) -> MergeStats:
         start = time.perf_counter()
         written = 0
-        bar = tqdm(total=len(plan.jobs), desc=f"merge ({plan.method.name})", unit="tensor",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=len(plan.jobs),
+            desc=f"merge ({plan.method.name})",
+            unit="tensor",
+            disable=not progress,
+            leave=False,
+        )
         # reading the next job's inputs overlaps computing this one's (I/O and math in parallel)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-            pending: Future | None = pool.submit(self._read_job, plan.jobs[0]) if plan.jobs else None
+            pending: Future | None = (
+                pool.submit(self._read_job, plan.jobs[0]) if plan.jobs else None
+            )
             for i, job in enumerate(plan.jobs):
                 assert pending is not None
                 inputs, base = pending.result()
-                pending = pool.submit(self._read_job, plan.jobs[i + 1]) if i + 1 < len(plan.jobs) else None
+                pending = (
+                    pool.submit(self._read_job, plan.jobs[i + 1])
+                    if i + 1 < len(plan.jobs)
+                    else None
+                )
                 result = self._compute(plan, job, inputs, base, seed)
                 if check_finite and result.is_floating_point() and not torch.isfinite(result).all():
                     raise NonFiniteError(
@@ -264,7 +275,9 @@ def _seed(config: MergeConfig, seed: int | None) -> int:
     return config.seed if config.seed is not None else 0
 
 
-def _refuse_output_inside_sources(out_dir: Path, plan: MergePlan, checkpoints: CheckpointSet) -> None:
+def _refuse_output_inside_sources(
+    out_dir: Path, plan: MergePlan, checkpoints: CheckpointSet
+) -> None:
     resolved = out_dir.resolve()
     for ref in plan.model_refs:
         folder = checkpoints.get(ref).folder.resolve()
@@ -274,8 +287,12 @@ def _refuse_output_inside_sources(out_dir: Path, plan: MergePlan, checkpoints: C
             )
 
 
-def _write_metadata(folder: Path, plan: MergePlan, config: MergeConfig, copy_tokenizer: bool) -> None:
-    (folder / "config.json").write_text(json.dumps(plan.out_config, indent=2, sort_keys=True) + "\n")
+def _write_metadata(
+    folder: Path, plan: MergePlan, config: MergeConfig, copy_tokenizer: bool
+) -> None:
+    (folder / "config.json").write_text(
+        json.dumps(plan.out_config, indent=2, sort_keys=True) + "\n"
+    )
     (folder / "mergesearch_config.yml").write_text(config.to_yaml())
     generation = plan.reference.folder / "generation_config.json"
     if generation.is_file():

@@ -97,9 +97,7 @@ def _explicit_slices(config: MergeConfig, checkpoints: CheckpointSet) -> list[Sl
         )
     return [
         Slice(
-            tuple(
-                InputModel(m.model, m.parameters, (0, depths[m.model])) for m in sources
-            ),
+            tuple(InputModel(m.model, m.parameters, (0, depths[m.model])) for m in sources),
             {},
         )
     ]
@@ -140,7 +138,9 @@ class _Planner:
     def _checked(self, key: str, value: Any, default: Any, context: str) -> Any:
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ConfigError(f"{self.where}: {context}: {key} must be true or false, got {value!r}")
+                raise ConfigError(
+                    f"{self.where}: {context}: {key} must be true or false, got {value!r}"
+                )
             return value
         if value is None and default is None:
             return None
@@ -222,7 +222,10 @@ class _Planner:
             for src in roles.sources
         ]
         params = self._resolve(
-            self.method.global_params, [sl.parameters, self.config.parameters], out_name, position,
+            self.method.global_params,
+            [sl.parameters, self.config.parameters],
+            out_name,
+            position,
             "parameters",
         )
         return TensorJob(
@@ -278,9 +281,17 @@ class _Planner:
         first_names = self.checkpoints.get(first.reference.model).names
         pre = [n for n in first_names if parse_layer_name(n) is None and is_pre_layer(n)]
         for name in pre:
-            jobs.append(self._job(name, {s.model: name for s in slices[0].sources}, first, slices[0], LayerPosition()))
+            jobs.append(
+                self._job(
+                    name,
+                    {s.model: name for s in slices[0].sources},
+                    first,
+                    slices[0],
+                    LayerPosition(),
+                )
+            )
 
-        for k, (sl, role) in enumerate(zip(slices, roles)):
+        for k, (sl, role) in enumerate(zip(slices, roles, strict=True)):
             ref_ckpt = self.checkpoints.get(role.reference.model)
             start = role.reference.layer_range[0]  # type: ignore[index]
             count = role.reference.layer_range[1] - start  # type: ignore[index]
@@ -294,7 +305,10 @@ class _Planner:
                     }
                     jobs.append(
                         self._job(
-                            f"{prefix}.{out_index}.{suffix}", in_names, role, sl,
+                            f"{prefix}.{out_index}.{suffix}",
+                            in_names,
+                            role,
+                            sl,
                             LayerPosition(i, count),
                         )
                     )
@@ -302,7 +316,15 @@ class _Planner:
         last_names = self.checkpoints.get(last.reference.model).names
         post = [n for n in last_names if parse_layer_name(n) is None and not is_pre_layer(n)]
         for name in post:
-            jobs.append(self._job(name, {s.model: name for s in slices[-1].sources}, last, slices[-1], LayerPosition()))
+            jobs.append(
+                self._job(
+                    name,
+                    {s.model: name for s in slices[-1].sources},
+                    last,
+                    slices[-1],
+                    LayerPosition(),
+                )
+            )
 
         reference = self.checkpoints.get(self.config.base_model or self.config.model_refs[0])
         out_dtype = self._out_dtype(reference)
@@ -310,7 +332,9 @@ class _Planner:
         return MergePlan(
             method=self.method,
             jobs=jobs,
-            out_config=_output_config(reference, out_layers, slices, roles, self.checkpoints, out_dtype),
+            out_config=_output_config(
+                reference, out_layers, slices, roles, self.checkpoints, out_dtype
+            ),
             reference=reference,
             tokenizer_model=self.checkpoints.get(tokenizer_ref),
             compute_dtype=DTYPE_BY_NAME.get(self.config.dtype or ""),
@@ -346,9 +370,7 @@ def _output_config(
             config[key] = len(out_layers)
     for key, value in list(config.items()):
         if isinstance(value, list) and len(value) == depth_in:  # e.g. layer_types
-            per_slice = [
-                checkpoints.get(r.reference.model).config.get(key, value) for r in roles
-            ]
+            per_slice = [checkpoints.get(r.reference.model).config.get(key, value) for r in roles]
             config[key] = [per_slice[k][layer] for k, layer in out_layers]
     dtype_name = NAME_BY_DTYPE.get(out_dtype, "float32")
     config["dtype"] = dtype_name

@@ -186,7 +186,9 @@ class DiskSink:
     ):
         self.out_dir = Path(out_dir).absolute()
         if self.out_dir.exists() and not overwrite:
-            raise ConfigError(f"{self.out_dir}: output folder exists; pass --overwrite to replace it")
+            raise ConfigError(
+                f"{self.out_dir}: output folder exists; pass --overwrite to replace it"
+            )
         self.overwrite = overwrite
         self.entries = list(entries)
         self.shards = _layout(self.entries, shard_size)
@@ -199,7 +201,9 @@ class DiskSink:
         try:
             self.tmp.mkdir()
         except OSError as err:
-            raise ConfigError(f"{self.out_dir.parent}: cannot create the output ({err.strerror})") from None
+            raise ConfigError(
+                f"{self.out_dir.parent}: cannot create the output ({err.strerror})"
+            ) from None
         self._order = [(shard, name) for shard in self.shards for name in shard.names]
         self._position = 0
         self._file: BinaryIO | None = None
@@ -213,7 +217,9 @@ class DiskSink:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         shard, expected = self._order[self._position]
         if name != expected:
-            raise MergeRuntimeError(f"internal: tensor {name!r} written out of order (want {expected!r})")
+            raise MergeRuntimeError(
+                f"internal: tensor {name!r} written out of order (want {expected!r})"
+            )
         shape, dtype = self.expected[name]
         if tuple(tensor.shape) != shape or tensor.dtype != dtype:
             raise MergeRuntimeError(

@@ -17,8 +17,7 @@ def mean_pairwise_cosine(offsets: list[torch.Tensor]) -> torch.Tensor:
     """Mean cosine over all pairs of vectors along the last dim (norm product clamped at 1e-6)."""
     norms = [dot(o, o).sqrt() for o in offsets]
     cosines = [
-        (dot(offsets[i], offsets[j]) / (norms[i] * norms[j]).clamp(min=1e-6))
-        .clamp(-1.0, 1.0)
+        (dot(offsets[i], offsets[j]) / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1.0, 1.0)
         for i, j in combinations(range(len(offsets)), 2)
     ]
     return torch.stack(cosines).mean(dim=0)
@@ -43,7 +42,7 @@ def model_stock(
     # Unit offsets summing to zero make the denominator 0; stay at the base there.
     t = torch.where(torch.isfinite(t), t, torch.zeros_like(t)).unsqueeze(-1)
     average = sum(rows) / n
-    return (t * average + (1 - t) * b).reshape(base.shape)
+    return (t * average + (1 - t) * b).reshape(base.shape).to(base.dtype)
 
 
 register(

@@ -105,9 +105,7 @@ def magnitude_mask(d: torch.Tensor, density: float) -> torch.Tensor:
     return topk_mask(_scores(d), k).reshape(d.shape)
 
 
-def random_mask(
-    d: torch.Tensor, density: float, generator: torch.Generator | None
-) -> torch.Tensor:
+def random_mask(d: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
     """Keep each entry independently with probability ``density`` (DARE)."""
     _check_density(density)
     if density >= 1:

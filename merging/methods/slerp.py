@@ -33,9 +33,7 @@ def nuslerp(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     if len(inputs) != 2:
-        raise ConfigError(
-            f"nuslerp merges exactly two models besides the base, got {len(inputs)}"
-        )
+        raise ConfigError(f"nuslerp merges exactly two models besides the base, got {len(inputs)}")
     w0, w1 = (float(p["weight"]) for p in per_model)
     # Tiny weight sums make t explode; 0.5 is the arbitrary but sane choice mergekit makes.
     t = 0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1)

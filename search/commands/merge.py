@@ -21,8 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SHARD_SIZE,
         help="largest shard in bytes, with k/M/G suffixes (default: %(default)s)",
     )
-    parser.add_argument("--dtype", choices=DTYPES, help="compute and output dtype (overrides the YAML)")
-    parser.add_argument("--seed", type=int, help="seed of DARE/DELLA masks (default: YAML seed or 0)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, help="compute and output dtype (overrides the YAML)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help="seed of DARE/DELLA masks (default: YAML seed or 0)"
+    )
     parser.add_argument(
         "--copy-tokenizer",
         action=argparse.BooleanOptionalAction,

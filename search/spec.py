@@ -1,0 +1,483 @@
+"""The search spec: a YAML file that says what to merge, how to search and what to score.
+
+Validated at the edge, once: ``load_spec`` turns a path or a dict into a frozen ``SearchSpec``
+(pydantic) or raises ``SpecError`` with one line naming the file, the key and what is allowed.
+The inner code (``space``, ``objective``, ``study``) never re-checks a dict.
+
+A parameter value is one of
+- a fixed value: ``lambda: 1.0`` (or a mergekit gradient list ``[0.2, 0.8]``, or a boolean),
+- a searched range: ``{low: 0.1, high: 1.0}`` (``log``, ``step``, ``layer_groups``, ``filters``)
+  or ``{choices: [...]}``,
+- for per-model parameters, one value per source model: ``{rev: {low: 0, high: 1}, up: 1.0}``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from search.errors import SpecError, did_you_mean
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RESERVED_SOURCE_NAMES = ("base", "average")
+SAMPLERS = ("auto", "cmaes", "tpe", "gp", "nsga2", "random", "qmc")
+PRUNERS = ("none", "median", "wilcoxon")
+DTYPES = ("float32", "float16", "bfloat16")
+
+Scalar = float | int | bool | str
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- parameter values
+
+
+class Fixed(_Frozen):
+    """A value the search does not change: a number, a boolean or a gradient list."""
+
+    value: Scalar | tuple[float, ...]
+
+
+class Range(_Frozen):
+    """A searched value: ``low..high`` (float or int) or one of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Scalar, ...] | None = None
+    integer: bool = False
+    layer_groups: int | None = Field(default=None, ge=1)
+    filters: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or choices)")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("range bounds must be finite numbers")
+        if self.low > self.high:
+            raise ValueError(f"range low {self.low:g} > high {self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
+        if self.step is not None and (self.step <= 0 or self.log):
+            raise ValueError("step must be > 0 and cannot be combined with log")
+        if self.integer and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("this range takes whole numbers")
+        return self
+
+
+class PerModel(_Frozen):
+    """One value per source model of a per-model parameter (``weight``, ``density``...)."""
+
+    values: dict[str, Fixed | Range]
+
+
+RANGE_KEYS = ("low", "high", "log", "step", "choices", "layer_groups", "filters")
+
+
+def _parse_value(value: Any, *, per_model_ok: bool = True, integer: bool = False):
+    if isinstance(value, Fixed | Range | PerModel):
+        return value
+    if isinstance(value, dict):
+        keys = set(value)
+        if keys & set(RANGE_KEYS) or not keys:
+            unknown = sorted(keys - set(RANGE_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"unknown key {unknown[0]!r} in a range{did_you_mean(unknown[0], RANGE_KEYS)};"
+                    f" allowed: {', '.join(RANGE_KEYS)}"
+                )
+            try:
+                return Range(**value, integer=integer)
+            except ValidationError as err:
+                raise ValueError(_first_message(err)) from None
+        if not per_model_ok:
+            raise ValueError(f"expected a value or a range ({{low, high}} or {{choices}}), got {value!r}")
+        parsed = {}
+        for name, item in value.items():
+            try:
+                parsed[str(name)] = _parse_value(item, per_model_ok=False, integer=integer)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        return PerModel(values=parsed)
+    if isinstance(value, list | tuple):
+        if not value or not all(_is_number(v) for v in value):
+            raise ValueError(
+                f"a list is a fixed gradient of numbers, got {value!r}; "
+                "write a searched range as {low: ..., high: ...}"
+            )
+        return Fixed(value=tuple(float(v) for v in value))
+    if isinstance(value, bool | int | float | str):
+        if integer and not (isinstance(value, int) and not isinstance(value, bool)):
+            if not isinstance(value, str):
+                raise ValueError(f"expected a whole number, got {value!r}")
+        return Fixed(value=value)
+    raise ValueError(f"expected a value, a range or one value per model, got {value!r}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+ParamValue = Annotated[Fixed | Range | PerModel, PlainValidator(_parse_value)]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class Sources(_Frozen):
+    base: str | None = None
+    models: dict[str, str]
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, models: dict[str, str]) -> dict[str, str]:
+        if not models:
+            raise ValueError("list at least one model, as name: path-or-hub-id")
+        for name in models:
+            if not NAME_RE.match(name):
+                raise ValueError(
+                    f"model name {name!r} must start with a letter and use letters, digits, _ or -"
+                )
+            if name in RESERVED_SOURCE_NAMES:
+                raise ValueError(f"model name {name!r} is reserved; pick another name")
+        return models
+
+    def names(self) -> list[str]:
+        """Every source name: ``base`` first when there is one."""
+        return (["base"] if self.base else []) + list(self.models)
+
+    def path(self, name: str) -> str:
+        return self.base if name == "base" else self.models[name]  # type: ignore[return-value]
+
+
+class SliceSpec(_Frozen):
+    """One searched slice of a passthrough merge: ``layers [start, start+length)`` of ``source``."""
+
+    source: Annotated[Fixed | Range, PlainValidator(lambda v: _parse_value(v, per_model_ok=False))]
+    start: Annotated[
+        Fixed | Range, PlainValidator(lambda v: _parse_value(v, per_model_ok=False, integer=True))
+    ]
+    length: Annotated[
+        Fixed | Range, PlainValidator(lambda v: _parse_value(v, per_model_ok=False, integer=True))
+    ]
+
+
+class MethodSpec(_Frozen):
+    """Parameters given for one method only; they override the shared ``parameters``."""
+
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+    slices: tuple[SliceSpec, ...] = ()
+
+
+def _parse_methods(value: Any) -> dict[str, MethodSpec]:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError("list at least one merge method")
+        return {str(name): MethodSpec() for name in value}
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError("list at least one merge method")
+        out = {}
+        for name, body in value.items():
+            body = dict(body or {})
+            slices = body.pop("slices", ())
+            try:
+                out[str(name)] = MethodSpec(parameters=body, slices=slices)
+            except ValidationError as err:
+                raise ValueError(f"{name}: {_first_message(err)}") from None
+        return out
+    raise ValueError("give a list of method names or a mapping method: {parameter: value}")
+
+
+class Granularity(_Frozen):
+    layer_groups: int = Field(default=1, ge=1)
+    filters: tuple[str, ...] = ()
+
+
+class Split(_Frozen):
+    """Which items of which task a split scores: all, the first ``limit``, or ``items [a, b)``."""
+
+    task: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    items: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Split:
+        if self.limit is not None and self.items is not None:
+            raise ValueError("give limit or items, not both")
+        if self.items is not None and not 0 <= self.items[0] < self.items[1]:
+            raise ValueError(f"items must be [start, stop) with 0 <= start < stop, got {self.items}")
+        return self
+
+
+class Objective(_Frozen):
+    name: str
+    evaluator: str = "lm_eval"
+    metric: str
+    weight: float = 1.0
+    direction: Literal["maximize", "minimize"] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    splits: dict[str, Split]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        task = data.pop("task", None)
+        splits = data.get("splits") or {}
+        if not isinstance(splits, dict):
+            raise ValueError("splits maps a split name (search, heldout) to a task or {task, limit, items}")
+        splits = {k: ({"task": v} if isinstance(v, str) else dict(v or {})) for k, v in splits.items()}
+        if "search" not in splits:
+            if task is None and splits:
+                raise ValueError("splits needs a 'search' entry: the split the search optimises")
+            splits["search"] = {}
+        for split in splits.values():
+            split.setdefault("task", task)
+        data["splits"] = splits
+        data.setdefault("name", splits["search"]["task"])
+        if data["name"] is None:
+            raise ValueError("give the objective a name (or a task)")
+        return data
+
+    def metric_key(self, split: str) -> str:
+        """Key of this objective's metric in an ``EvalResult.metrics`` for ``split``."""
+        task = self.splits[split].task
+        return f"{task}/{self.metric}" if task else self.metric
+
+
+class SamplerSpec(_Frozen):
+    name: Literal[SAMPLERS] = "auto"  # type: ignore[valid-type]
+    seed: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PrunerSpec(_Frozen):
+    name: Literal[PRUNERS] = "none"  # type: ignore[valid-type]
+    stages: tuple[int | None, ...] = (None,)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, stages: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        if not stages:
+            raise ValueError("give at least one stage (null = all items)")
+        sizes = [s for s in stages[:-1]]
+        if any(s is None or s < 1 for s in sizes):
+            raise ValueError("every stage but the last is a number of items >= 1; the last may be null")
+        if sizes != sorted(sizes) or (stages[-1] is not None and sizes and stages[-1] <= sizes[-1]):
+            raise ValueError(f"stages must grow, got {list(stages)}")
+        return stages
+
+
+def _parse_seconds(value: Any) -> float | None:
+    if value is None or _is_number(value):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+    if not match:
+        raise ValueError(f"timeout is seconds or a number with s/m/h/d, got {value!r}")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+class Budget(_Frozen):
+    trials: int = Field(default=50, ge=1)
+    timeout: Annotated[float | None, PlainValidator(_parse_seconds)] = None
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class SearchSpec(_Frozen):
+    """A validated search spec. ``source`` says where it came from, for error messages."""
+
+    name: str
+    storage: str | None = None
+    seed: int = 0
+    threads: int = Field(default=1, ge=1)
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    cache_gb: float = Field(default=2.0, ge=0)
+    sources: Sources
+    methods: Annotated[dict[str, MethodSpec], PlainValidator(_parse_methods)]
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+    granularity: Granularity = Granularity()
+    objectives: tuple[Objective, ...]
+    combine: Literal["weighted_sum", "pareto"] = "weighted_sum"
+    evaluators: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    budget: Budget = Budget()
+    baselines: bool = True
+    source: str = "<spec>"
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @field_validator("name")
+    @classmethod
+    def _study_name(cls, name: str) -> str:
+        if not STUDY_RE.match(name):
+            raise ValueError(f"study name {name!r} may use letters, digits, '.', '_' and '-'")
+        return name
+
+    @field_validator("sampler", "pruner", mode="before")
+    @classmethod
+    def _name_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
+        if not objectives:
+            raise ValueError("list at least one objective (evaluator, task, metric, weight)")
+        names = [o.name for o in objectives]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"objective names must be unique; {dupes[0]!r} appears twice")
+        return objectives
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SearchSpec:
+        if self.pruner.name != "none":
+            if self.combine == "pareto":
+                raise ValueError(
+                    "pruner: Optuna cannot prune multi-objective studies; use pruner: none "
+                    "with combine: pareto"
+                )
+            if len(self.pruner.stages) < 2:
+                raise ValueError(
+                    f"pruner: {self.pruner.name} needs at least two stages, e.g. stages: [50, null]"
+                )
+        if self.combine == "pareto" and len(self.objectives) < 2:
+            raise ValueError("combine: pareto needs at least two objectives")
+        return self
+
+    @property
+    def sampler_seed(self) -> int:
+        return self.seed if self.sampler.seed is None else self.sampler.seed
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+
+SPEC_KEYS = (
+    *SearchSpec.model_fields,
+    *Sources.model_fields,
+    *Objective.model_fields,
+    "task",
+    *Split.model_fields,
+    *SamplerSpec.model_fields,
+    *PrunerSpec.model_fields,
+    *Budget.model_fields,
+    *Granularity.model_fields,
+    *SliceSpec.model_fields,
+)
+
+
+# --------------------------------------------------------------------------- loading
+
+OVERRIDES = {
+    "storage": ("storage",),
+    "study_name": ("name",),
+    "n_trials": ("budget", "trials"),
+    "timeout": ("budget", "timeout"),
+    "sampler": ("sampler", "name"),
+    "seed": ("seed",),
+    "threads": ("threads",),
+    "pruner": ("pruner", "name"),
+}
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with command-line style overrides (``n_trials=10``...) applied."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    for key, value in overrides.items():
+        if key not in OVERRIDES:
+            raise TypeError(f"unknown override {key!r}; known: {', '.join(OVERRIDES)}")
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = OVERRIDES[key]
+        for parent in parents:
+            current = node.get(parent)
+            if isinstance(current, str):  # `sampler: tpe` shorthand
+                current = {"name": current}
+            node[parent] = dict(current or {})
+            node = node[parent]
+        node[leaf] = value
+    return data
+
+
+def load_spec(spec: str | Path | dict[str, Any] | SearchSpec, **overrides: Any) -> SearchSpec:
+    """Read and validate a search spec; ``overrides`` are the command-line flags."""
+    if isinstance(spec, SearchSpec):
+        if not overrides:
+            return spec
+        source, data = spec.source, spec.raw
+    elif isinstance(spec, dict):
+        source, data = "<spec>", spec
+    else:
+        path = Path(spec)
+        source = str(path)
+        if not path.is_file():
+            raise SpecError(f"{source}: no such search spec file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise SpecError(f"{source}:{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: a search spec is a YAML mapping of keys")
+        data.setdefault("name", path.stem)
+    data = apply_overrides(data, overrides)
+    try:
+        parsed = SearchSpec.model_validate({**data, "source": source, "raw": data})
+    except ValidationError as err:
+        raise SpecError(f"{source}: {_first_message(err, with_loc=True)}") from None
+    from search.space import check_spec  # needs the merge-method registry
+
+    check_spec(parsed)
+    return parsed
+
+
+def _first_message(err: ValidationError, *, with_loc: bool = False) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    kind, msg = first["type"], first["msg"]
+    msg = msg.removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        key = str(first["loc"][-1])
+        msg = f"unknown key {key!r}{did_you_mean(key, SPEC_KEYS)}"
+    elif kind == "missing":
+        msg = "missing required key"
+    elif kind.startswith("literal_error"):
+        msg = f"{first.get('input')!r} is not allowed; {msg.lower()}"
+    if with_loc and loc:
+        return f"{loc}: {msg}"
+    return msg
