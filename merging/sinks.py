@@ -57,7 +57,6 @@ class ModelSink:
     def __init__(self, model: torch.nn.Module):
         self.targets: dict[str, torch.Tensor] = dict(model.state_dict(keep_vars=True))
         self.written: set[int] = set()
-        self._persistent = _persistent_names(model)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         target = self.targets.get(name)
@@ -76,21 +75,12 @@ class ModelSink:
         self.written.add(target.data_ptr())
 
     def close(self) -> None:
-        stale = [
-            n
-            for n, t in self.targets.items()
-            if n in self._persistent and t.data_ptr() not in self.written
-        ]
+        stale = [n for n, t in self.targets.items() if t.data_ptr() not in self.written]
         if stale:
             raise MergeRuntimeError(
                 f"the merge did not produce {len(stale)} tensors of the live model "
                 f"(first: {stale[0]!r}); the model and the merge disagree on architecture"
             )
-
-
-def _persistent_names(model: torch.nn.Module) -> set[str]:
-    """State-dict entries a checkpoint carries (non-persistent buffers such as rotary freqs not)."""
-    return set(model.state_dict().keys())
 
 
 # --------------------------------------------------------------------------------------------
