@@ -99,8 +99,8 @@ def magnitude_mask(d: torch.Tensor, density: float) -> torch.Tensor:
     k = math.floor(density * d.numel())
     if k == 0:
         raise ConfigError(
-            f"density {density} keeps no entry of a {d.numel()}-element tensor; "
-            f"use density >= {1 / d.numel():.3g} (at most 1)"
+            f"density {density} keeps no entry of a {d.numel()}-element tensor "
+            f"(floor(density * numel) = 0); use a density in [{1 / d.numel():.3g}, 1]"
         )
     return topk_mask(_scores(d), k).reshape(d.shape)
 
@@ -211,24 +211,21 @@ def sign_consensus(weighted_deltas: Sequence[torch.Tensor]) -> list[torch.Tensor
     The elected sign is ``+1`` where the sum of the weighted deltas is ``>= 0``, else ``-1``.
     Zeros never agree, so pruned entries neither vote nor count in the divisor.
     """
-    total = torch.zeros(
-        weighted_deltas[0].shape,
-        dtype=accumulation_dtype(weighted_deltas[0].dtype),
-        device=weighted_deltas[0].device,
-    )
-    for delta in weighted_deltas:
+    first, rest = weighted_deltas[0], weighted_deltas[1:]
+    total = first.to(accumulation_dtype(first.dtype), copy=True)
+    for delta in rest:
         total += delta
     positive = total >= 0
     del total
-    return [torch.where(positive, delta > 0, delta < 0) for delta in weighted_deltas]
+    return [torch.where(positive, delta, -delta) > 0 for delta in weighted_deltas]
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """``sum w_i x_i``, accumulated in float32 for 16-bit inputs (result in that wider dtype)."""
-    acc = torch.zeros(
-        tensors[0].shape, dtype=accumulation_dtype(tensors[0].dtype), device=tensors[0].device
-    )
-    for x, w in zip(tensors, weights, strict=True):
+    if len(tensors) != len(weights):
+        raise ValueError(f"{len(tensors)} tensors but {len(weights)} weights")
+    acc = tensors[0].to(accumulation_dtype(tensors[0].dtype)) * float(weights[0])
+    for x, w in zip(tensors[1:], weights[1:], strict=True):
         acc.add_(x, alpha=float(w))
     return acc
 

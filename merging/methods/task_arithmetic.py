@@ -71,9 +71,9 @@ def generalized_task_arithmetic(
         mixed = torch.zeros(base.shape, dtype=acc_dtype, device=base.device)
         divisor = torch.zeros(base.shape, dtype=acc_dtype, device=base.device)
         for delta, mask, w in zip(weighted, masks, weights, strict=True):
-            mixed += delta * mask
+            mixed += delta.masked_fill_(~mask, 0)  # delta is ours: x - base made above
             divisor.add_(mask.to(acc_dtype), alpha=w)
-        divisor[divisor == 0] = 1
+        divisor.masked_fill_(divisor == 0, 1)
     else:
         mixed = P.weighted_sum(weighted, [1.0] * len(weighted))
         total = sum(weights)

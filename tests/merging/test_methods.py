@@ -106,7 +106,7 @@ def ref_linear(xs, ws, normalize):
     arrays = [f64(x).ravel() for x in xs]
     out = np.zeros_like(arrays[0])
     for i in range(out.size):
-        out[i] = sum(w * a[i] for w, a in zip(ws, arrays))
+        out[i] = sum(w * a[i] for w, a in zip(ws, arrays, strict=True))
         if normalize:
             out[i] /= sum(ws)
     return out.reshape(tuple(xs[0].shape))
@@ -142,14 +142,15 @@ def ref_slerp(t, v0, v1):
     na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
     ua = a / na if na > 1e-8 else a
     ub = b / nb if nb > 1e-8 else b
-    dot = sum(x * y for x, y in zip(ua, ub))
+    dot = sum(x * y for x, y in zip(ua, ub, strict=True))
     if abs(dot) > 0.9995:
         out = (1 - t) * a + t * b
     else:
         theta = math.acos(dot)
-        out = math.sin((1 - t) * theta) / math.sin(theta) * a + math.sin(t * theta) / math.sin(
-            theta
-        ) * b
+        out = (
+            math.sin((1 - t) * theta) / math.sin(theta) * a
+            + math.sin(t * theta) / math.sin(theta) * b
+        )
     return out.reshape(tuple(v0.shape))
 
 
@@ -195,7 +196,7 @@ def test_slerp_computes_in_float32_and_returns_input_dtype():
 def ref_nuslerp_vectors(t, a, b):
     na = max(math.sqrt(sum(x * x for x in a)), 1e-7)
     nb = max(math.sqrt(sum(x * x for x in b)), 1e-7)
-    cos = min(1.0, max(-1.0, sum(x * y for x, y in zip(a, b)) / (na * nb)))
+    cos = min(1.0, max(-1.0, sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)))
     theta = math.acos(cos)
     if abs(math.sin(theta)) < 1e-8:
         return (1 - t) * a + t * b
@@ -212,7 +213,7 @@ def ref_nuslerp(w0, w1, x0, x1, base, flatten, row_wise):
     else:
         if row_wise:
             a, b = a.T, b.T
-        out = np.stack([ref_nuslerp_vectors(t, ra, rb) for ra, rb in zip(a, b)])
+        out = np.stack([ref_nuslerp_vectors(t, ra, rb) for ra, rb in zip(a, b, strict=True)])
         if row_wise:
             out = out.T
     return out + (f64(base) if base is not None else 0)
@@ -352,7 +353,7 @@ def call_any(name, dtype):
     snapshot = [x.clone() for x in inputs] + ([base.clone()] if base is not None else [])
     out = run(name, inputs, base=base, per_model=[per_model] * n, generator=gen, **params)
     after = inputs + ([base] if base is not None else [])
-    for before, now in zip(snapshot, after):
+    for before, now in zip(snapshot, after, strict=True):
         assert torch.equal(before, now), f"{name} modified an input in place"
     return out
 

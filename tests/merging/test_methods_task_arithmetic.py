@@ -85,7 +85,7 @@ def ref_gta(xs, base, per_model, *, sparsifier, consensus, normalize, rescale, l
     b = f64(base).ravel()
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     deltas, weights = [], []
-    for x, p in zip(xs, per_model):
+    for x, p in zip(xs, per_model, strict=True):
         d32 = (x - base).numpy()  # the deltas are formed in the compute dtype
         d = d32.astype(np.float64)
         density = p.get("density", 1.0)
@@ -108,12 +108,12 @@ def ref_gta(xs, base, per_model, *, sparsifier, consensus, normalize, rescale, l
         weights.append(p["weight"])
     out = np.empty_like(b)
     for i in range(b.size):
-        D = [w * d[i] for w, d in zip(weights, deltas)]
+        D = [w * d[i] for w, d in zip(weights, deltas, strict=True)]
         if consensus:
             sign = 1.0 if sum(D) >= 0 else -1.0
             agree = [Dj != 0 and np.sign(Dj) == sign for Dj in D]
-            mixed = sum(Dj for Dj, a in zip(D, agree) if a)
-            divisor = sum(w for w, a in zip(weights, agree) if a) or 1.0
+            mixed = sum(Dj for Dj, a in zip(D, agree, strict=True) if a)
+            divisor = sum(w for w, a in zip(weights, agree, strict=True) if a) or 1.0
         else:
             mixed = sum(D)
             divisor = sum(weights)
