@@ -2,8 +2,9 @@
 
 What ``simple_evaluate`` does on every call, this evaluator splits in two. Once per process
 (per evaluator): index the task folders, load the tasks and their data, build the requests
-(prompts, few-shot contexts) for each document selection. On every call: clear the responses
-of those requests, run the model on them, filter, score and aggregate exactly as lm-eval does.
+(prompts, few-shot contexts) of the documents calls ask for. On every call: pick the requests
+of the chosen documents, clear their previous responses, run the model on them, then filter,
+score and aggregate exactly as lm-eval does.
 Nothing that depends on the weights survives a call, so a model whose weights are replaced in
 place between calls is scored on its new weights.
 
@@ -13,7 +14,6 @@ folder (plain lm-eval resolves them against the current directory); see ``_task_
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections import defaultdict
@@ -26,8 +26,6 @@ from evaluators.base import Direction, EvalResult, register
 from evaluators.errors import EvaluatorError, EvaluatorRuntimeError
 
 DEFAULT_INCLUDE_PATH = Path(__file__).resolve().parents[1] / "configs" / "tasks"
-
-log = logging.getLogger(__name__)
 
 # TaskManagers indexed in this process, by (include paths, whether lm-eval's own tasks are
 # indexed too). Indexing lm-eval's ~15k built-in tasks takes 10-30 s, a local folder ~10 ms,
@@ -44,7 +42,8 @@ class LMEvalEvaluator:
     such as ``"exact_match,strip"`` that every task must produce, or ``"<task>/<key>"`` for one
     task; default every metric), ``num_fewshot``, ``batch_size``, ``max_length``,
     ``gen_max_tokens`` (overrides the tasks' ``max_gen_toks``), ``limit`` (default per call),
-    ``fewshot_seed``, ``threads``.
+    ``fewshot_seed``, ``builtin_tasks`` (also look names up among lm-eval's own tasks, which
+    takes 10-60 s to index, once per process; default true), ``threads``.
     """
 
     name = "lm_eval"
@@ -61,9 +60,11 @@ class LMEvalEvaluator:
         gen_max_tokens: int | None = None,
         limit: int | None = None,
         fewshot_seed: int = 1234,
+        builtin_tasks: bool = True,
         threads: int | None = None,
     ) -> None:
         runtime.configure(threads)
+        self.builtin_tasks = builtin_tasks
         self.task_specs = [tasks] if isinstance(tasks, str) else list(tasks)
         if not self.task_specs:
             raise EvaluatorError("lm_eval: no tasks given")
@@ -72,7 +73,7 @@ class LMEvalEvaluator:
         self.limit = _check_limit(limit)
         self._lm: Any = None
         self._lm_key: tuple[int, int] | None = None
-        self._requests: dict[tuple[str, int | None, tuple[int, ...] | None], list] = {}
+        self._requests: dict[str, tuple[int, dict[int, list]]] = {}  # task -> (docs built, ...)
 
         paths = include_path if include_path is not None else DEFAULT_INCLUDE_PATH
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -89,21 +90,24 @@ class LMEvalEvaluator:
 
     def _load(self, specs: list[str]) -> dict[str, Any]:
         manager = _task_manager(self.include_paths, defaults=False)
-        if not all(_known(manager, spec) for spec in specs):
+        if self.builtin_tasks and not all(_known(manager, spec) for spec in specs):
             manager = _task_manager(self.include_paths, defaults=True)
         for spec in specs:
             if not _known(manager, spec):
                 where = ", ".join(self.include_paths) or "no include_path"
+                builtin = " or lm-eval's built-in tasks" if self.builtin_tasks else ""
                 raise EvaluatorError(
-                    f"lm_eval task {spec!r}: no task, group or tag of that name in {where} "
-                    "or lm-eval's built-in tasks, and no such YAML file"
+                    f"lm_eval task {spec!r}: no task, group or tag of that name in "
+                    f"{where}{builtin}, and no such YAML file"
                 )
         try:
             return manager.load(specs)
         except EvaluatorError:
             raise
         except Exception as err:  # lm-eval raises bare ValueError/KeyError/... for bad configs
-            raise EvaluatorError(f"lm_eval tasks {specs}: could not load: {_first_line(err)}") from err
+            raise EvaluatorError(
+                f"lm_eval tasks {specs}: could not load: {_first_line(err)}"
+            ) from err
 
     def _select_metrics(self, wanted: Sequence[str] | None) -> list[str] | None:
         """Check the requested metrics against what each task produces; None keeps all."""
@@ -127,19 +131,41 @@ class LMEvalEvaluator:
                 selected.append(f"{task}/{metric}")
         return selected
 
-    def _instances(self, name: str, limit: int | None, samples: tuple[int, ...] | None) -> list:
-        """The requests of one task for one document selection, built on first use."""
-        key = (name, limit, samples)
-        if key not in self._requests:
+    def _selection(self, name: str, limit: int | None, samples: Sequence[int] | None) -> list[int]:
+        """The document indices of one task that a call scores, in order."""
+        n_docs = len(self.tasks[name].eval_docs)
+        if samples is None:
+            return list(range(min(limit, n_docs) if limit is not None else n_docs))
+        chosen = sorted(set(samples))
+        if not chosen:
+            raise EvaluatorError(f"lm_eval task {name!r}: samples is empty")
+        if chosen[0] < 0 or chosen[-1] >= n_docs:
+            bad = chosen[0] if chosen[0] < 0 else chosen[-1]
+            raise EvaluatorError(
+                f"lm_eval task {name!r}: sample index {bad} out of range "
+                f"(the task has {n_docs} documents)"
+            )
+        return chosen
+
+    def _requests_by_doc(self, name: str, needed: int) -> dict[int, list]:
+        """Requests of the task's first ``needed`` documents, grouped by document id.
+
+        Built once (per process) and grown only when a call asks for a later document; any
+        selection of documents then reuses them.
+        """
+        built = self._requests.get(name)
+        if built is None or built[0] < needed:
             task = self.tasks[name]
-            if samples is not None and samples and max(samples) >= len(task.eval_docs):
-                raise EvaluatorError(
-                    f"lm_eval task {name!r}: sample index {max(samples)} out of range "
-                    f"(the task has {len(task.eval_docs)} documents)"
-                )
-            task.build_all_requests(limit=limit, samples=list(samples) if samples else None)
-            self._requests[key] = task.instances
-        return self._requests[key]
+            whole = needed >= len(task.eval_docs)
+            task.build_all_requests(limit=None if whole else needed)
+            by_doc: dict[int, list] = defaultdict(list)
+            for inst in task.instances:
+                by_doc[inst.doc_id].append(inst)
+            for doc_requests in by_doc.values():
+                doc_requests.sort(key=lambda inst: inst.idx)
+            built = (len(task.eval_docs) if whole else needed, by_doc)
+            self._requests[name] = built
+        return built[1]
 
     # ------------------------------------------------------------------ scoring, every call
 
@@ -157,16 +183,19 @@ class LMEvalEvaluator:
         limit = _check_limit(limit) if limit is not None else self.limit
         if samples is not None and limit is not None:
             raise EvaluatorError("lm_eval: give limit or samples, not both")
-        chosen = tuple(sorted(set(samples))) if samples is not None else None
+        selections = {name: self._selection(name, limit, samples) for name in self.tasks}
         lm = self._wrap(model, tokenizer)
         _seed_everything(seed)
 
-        requests = {name: self._instances(name, limit, chosen) for name in self.tasks}
+        requests: dict[str, dict[int, list]] = {}
         by_type: dict[str, list] = defaultdict(list)
-        for instances in requests.values():
-            for inst in instances:
-                inst.resps, inst.filtered_resps = [], {}
-                by_type[inst.request_type].extend([inst] * inst.repeats)
+        for name, docs in selections.items():
+            by_doc = self._requests_by_doc(name, docs[-1] + 1)
+            requests[name] = {doc_id: by_doc[doc_id] for doc_id in docs}
+            for doc_requests in requests[name].values():
+                for inst in doc_requests:
+                    inst.resps, inst.filtered_resps = [], {}  # answers of the previous call
+                    by_type[inst.request_type].extend([inst] * inst.repeats)
         try:
             for request_type, batch in by_type.items():
                 responses = getattr(lm, request_type)(batch, disable_tqdm=True)
@@ -180,7 +209,7 @@ class LMEvalEvaluator:
         accumulators = {}
         item_scores: dict[str, list[tuple[int, float]]] = {}
         for name, task in self.tasks.items():
-            raw, items = _score_task(task, requests[name], limit, chosen)
+            raw, items = _score_task(task, requests[name])
             accumulators[name] = {"task": task, "raw_metrics": raw, "logged_samples": []}
             item_scores.update({f"{name}/{k}": v for k, v in items.items()})
 
@@ -257,9 +286,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _known(manager: Any, spec: str) -> bool:
-    return spec in manager.task_index or (
-        spec.endswith((".yaml", ".yml")) and Path(spec).is_file()
-    )
+    return spec in manager.task_index or (spec.endswith((".yaml", ".yml")) and Path(spec).is_file())
 
 
 def _task_manager(include_paths: tuple[str, ...], *, defaults: bool) -> Any:
@@ -334,37 +361,30 @@ def _produced_metrics(task: Any) -> set[str]:
 
 
 def _score_task(
-    task: Any, instances: list, limit: int | None, samples: tuple[int, ...] | None
+    task: Any, requests: dict[int, list]
 ) -> tuple[dict[tuple[str, str], list], dict[str, list[tuple[int, float]]]]:
     """Filter and score one task's answered requests, as ``lm_eval.evaluator.evaluate`` does.
 
-    Returns the raw per-document metric values keyed ``(metric, filter)`` (what lm-eval's
-    aggregation takes) and per-document numeric scores keyed ``"metric,filter"``.
+    ``requests`` maps each scored document id to its requests. Returns the raw per-document
+    metric values keyed ``(metric, filter)`` (what lm-eval's aggregation takes) and the
+    per-document numeric scores keyed ``"metric,filter"``.
     """
-    task._instances = instances  # apply_filters works on the task's current requests
+    task._instances = [inst for doc in requests.values() for inst in doc]  # filters read these
     task.apply_filters()
-    by_doc: dict[int, list] = defaultdict(list)
-    for inst in instances:
-        by_doc[inst.doc_id].append(inst)
-    for group in by_doc.values():
-        group.sort(key=lambda inst: inst.idx)
     raw: dict[tuple[str, str], list] = defaultdict(list)
     items: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    indices = list(samples) if samples else None
-    for filter_key in instances[0].filtered_resps:
-        for doc_id, doc in task.doc_iterator(limit=limit, samples=indices):
-            doc_requests = by_doc[doc_id]
+    filter_keys = list(task._instances[0].filtered_resps) if task._instances else []
+    for filter_key in filter_keys:
+        for doc_id, doc_requests in requests.items():
             scores = task.process_results(
-                doc, [inst.filtered_resps[filter_key] for inst in doc_requests]
+                doc_requests[0].doc, [inst.filtered_resps[filter_key] for inst in doc_requests]
             )
-            true_id = indices[doc_id] if indices else doc_id
             for metric, value in scores.items():
                 raw[(metric, filter_key)].append(value)
                 if isinstance(value, (int, float)):
-                    items[f"{metric},{filter_key}"].append((true_id, float(value)))
+                    items[f"{metric},{filter_key}"].append((doc_id, float(value)))
     return raw, items
 
 
 def _group_leaves(group: Any) -> list[str]:
     return [t.task_name for t in group.get_all_tasks()] if group is not None else []
-

@@ -107,7 +107,9 @@ class PerplexityEvaluator:
 
     def _windows_for(self, model: Any, tokenizer: Any) -> list[tuple[list[int], int]]:
         """(token ids, number of trailing tokens to score) per window, cached per tokenizer."""
-        max_length = self.max_length or min(getattr(model.config, "max_position_embeddings", 2048), 2048)
+        max_length = self.max_length or min(
+            getattr(model.config, "max_position_embeddings", 2048), 2048
+        )
         stride = self.stride or max(1, max_length // 2)
         if not 0 < stride <= max_length - 1:
             raise EvaluatorError(
@@ -117,7 +119,11 @@ class PerplexityEvaluator:
         key = (id(tokenizer), max_length, stride)
         if key not in self._windows:
             # a leading BOS (or EOS) gives the first token of the text a context, as lm-eval does
-            prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            prefix = (
+                tokenizer.bos_token_id
+                if tokenizer.bos_token_id is not None
+                else tokenizer.eos_token_id
+            )
             ids = [prefix, *tokenizer(self.text, add_special_tokens=False)["input_ids"]]
             windows = []
             scored_until = 1  # index of the first token not yet scored

@@ -94,7 +94,9 @@ def _import_callable(target: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise EvaluatorError(f"python evaluator {target!r}: cannot import {module_name}: {err}") from None
+        raise EvaluatorError(
+            f"python evaluator {target!r}: cannot import {module_name}: {err}"
+        ) from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+from evaluators.errors import EvaluatorError
+
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -27,16 +29,15 @@ def force_offline() -> None:
 def configure(threads: int | None = None) -> None:
     """Apply the evaluator process settings; ``threads=None`` keeps torch's current count.
 
-    Rust tokenizers run their own thread pool next to torch's; with one torch thread asked
-    for, two busy pools on a shared machine are what made evaluation 10-50x slower.
+    Rust tokenizers would run a thread pool of their own next to torch's: oversubscribed CPU
+    threads made evaluation 10-50x slower on a shared machine, so theirs is off unless the
+    user turned it on.
     """
     force_offline()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threads is not None:
+        if threads < 1:
+            raise EvaluatorError(f"threads must be >= 1, got {threads}")
         import torch
 
-        if threads < 1:
-            from evaluators.errors import EvaluatorError
-
-            raise EvaluatorError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

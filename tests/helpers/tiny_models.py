@@ -114,9 +114,20 @@ def _model_class(arch: str) -> Any:
     }[arch]
 
 
-def perturb_(state: dict[str, torch.Tensor], noise: float, seed: int) -> None:
+def quantize_(state: dict[str, torch.Tensor], grid: int) -> None:
+    """Round every float tensor to a multiple of ``2**-grid``, in place."""
+    step = 2.0**-grid
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            tensor.copy_(torch.round(tensor / step) * step)
+
+
+def perturb_(
+    state: dict[str, torch.Tensor], noise: float, seed: int, grid: int | None = None
+) -> None:
     """Add ``noise * std(t) * N(0, 1)`` to each float tensor, in place; constant tensors
-    (norm weights are all ones) get ``noise * N(0, 1)``."""
+    (norm weights are all ones) get ``noise * N(0, 1)``. With ``grid`` the perturbation is
+    rounded to a multiple of ``2**-grid``."""
     gen = torch.Generator().manual_seed(seed)
     for name in sorted(state):
         tensor = state[name]
@@ -125,6 +136,8 @@ def perturb_(state: dict[str, torch.Tensor], noise: float, seed: int) -> None:
         scale = tensor.float().std().item() if tensor.numel() > 1 else 0.0
         scale = scale if scale > 0 else 1.0
         delta = torch.randn(tensor.shape, generator=gen, dtype=torch.float32) * (noise * scale)
+        if grid is not None:
+            delta = torch.round(delta * 2.0**grid) * 2.0**-grid
         tensor.add_(delta.to(tensor.dtype))
 
 
@@ -136,12 +149,16 @@ def make_family(
     noise: float = 0.05,
     max_shard_size: str | None = None,
     names: list[str] | None = None,
+    grid: int | None = None,
     **config: Any,
 ) -> list[Path]:
     """Write ``n_models`` checkpoints under ``root`` (``model_0`` is the base) and return paths.
 
     ``config`` overrides ``TINY_DIMS`` (Llama names, also ``tie_word_embeddings``). With
     ``max_shard_size`` (e.g. ``"20KB"``) the weights are split into shards plus an index.
+    With ``grid`` (e.g. 14) every weight and every perturbation is a multiple of ``2**-grid``:
+    ``x - base`` is then exact and takes few distinct values, as in bf16 fine-tunes, so equal
+    magnitudes at a top-k cut-off become common (use it to exercise tie handling).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHITECTURES}")
@@ -153,13 +170,15 @@ def make_family(
     torch.manual_seed(seed)
     base = _model_class(arch)(cfg).to(torch.float32).eval()
     base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    if grid is not None:
+        quantize_(base_state, grid)
 
     paths = []
     for i, name in enumerate(names):
         out = root / name
         state = {k: v.clone() for k, v in base_state.items()}
         if i > 0:
-            perturb_(state, noise, seed=seed * 1000 + i)
+            perturb_(state, noise, seed=seed * 1000 + i, grid=grid)
         base.load_state_dict(state)
         kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
         base.save_pretrained(out, **kwargs)
@@ -180,7 +199,9 @@ def make_mistral_family(
     return make_family(root, "mistral", n_models=n_models, seed=seed, **config)
 
 
-def make_gpt2_family(root: Path | str, n_models: int = 3, seed: int = 0, **config: Any) -> list[Path]:
+def make_gpt2_family(
+    root: Path | str, n_models: int = 3, seed: int = 0, **config: Any
+) -> list[Path]:
     return make_family(root, "gpt2", n_models=n_models, seed=seed, **config)
 
 
