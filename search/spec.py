@@ -2,18 +2,13 @@
 
 Validated at the edge, once: ``load_spec`` turns a path or a dict into a frozen ``SearchSpec``
 (pydantic) or raises ``SpecError`` with one line naming the file, the key and what is allowed.
-The inner code (``space``, ``objective``, ``study``) never re-checks a dict.
-
-A parameter value is one of
-- a fixed value: ``lambda: 1.0`` (or a mergekit gradient list ``[0.2, 0.8]``, or a boolean),
-- a searched range: ``{low: 0.1, high: 1.0}`` (``log``, ``step``, ``layer_groups``, ``filters``)
-  or ``{choices: [...]}``,
-- for per-model parameters, one value per source model: ``{rev: {low: 0, high: 1}, up: 1.0}``.
+The inner code (``space``, ``objective``, ``study``) never re-checks a dict. Parameter values
+(fixed, a range, one per model) are parsed by ``search.values``; the checks that need the
+merge-method registry (which method takes which parameter) are ``search.space.check_spec``.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +25,7 @@ from pydantic import (
 )
 
 from search.errors import SpecError, did_you_mean
+from search.values import Fixed, ParamValue, Range, is_number, parse_value
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -38,111 +34,9 @@ SAMPLERS = ("auto", "cmaes", "tpe", "gp", "nsga2", "random", "qmc")
 PRUNERS = ("none", "median", "wilcoxon")
 DTYPES = ("float32", "float16", "bfloat16")
 
-Scalar = float | int | bool | str
-
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --------------------------------------------------------------------------- parameter values
-
-
-class Fixed(_Frozen):
-    """A value the search does not change: a number, a boolean or a gradient list."""
-
-    value: Scalar | tuple[float, ...]
-
-
-class Range(_Frozen):
-    """A searched value: ``low..high`` (float or int) or one of ``choices``."""
-
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Scalar, ...] | None = None
-    integer: bool = False
-    layer_groups: int | None = Field(default=None, ge=1)
-    filters: tuple[str, ...] | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> Range:
-        if self.choices is not None:
-            if self.low is not None or self.high is not None or self.log or self.step:
-                raise ValueError("give either choices or low/high, not both")
-            if not self.choices:
-                raise ValueError("choices must not be empty")
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError("a range needs both low and high (or choices)")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError("range bounds must be finite numbers")
-        if self.low > self.high:
-            raise ValueError(f"range low {self.low:g} > high {self.high:g}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low:g}")
-        if self.step is not None and (self.step <= 0 or self.log):
-            raise ValueError("step must be > 0 and cannot be combined with log")
-        if self.integer and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError("this range takes whole numbers")
-        return self
-
-
-class PerModel(_Frozen):
-    """One value per source model of a per-model parameter (``weight``, ``density``...)."""
-
-    values: dict[str, Fixed | Range]
-
-
-RANGE_KEYS = ("low", "high", "log", "step", "choices", "layer_groups", "filters")
-
-
-def _parse_value(value: Any, *, per_model_ok: bool = True, integer: bool = False):
-    if isinstance(value, Fixed | Range | PerModel):
-        return value
-    if isinstance(value, dict):
-        keys = set(value)
-        if keys & set(RANGE_KEYS) or not keys:
-            unknown = sorted(keys - set(RANGE_KEYS))
-            if unknown:
-                raise ValueError(
-                    f"unknown key {unknown[0]!r} in a range{did_you_mean(unknown[0], RANGE_KEYS)};"
-                    f" allowed: {', '.join(RANGE_KEYS)}"
-                )
-            try:
-                return Range(**value, integer=integer)
-            except ValidationError as err:
-                raise ValueError(_first_message(err)) from None
-        if not per_model_ok:
-            raise ValueError(f"expected a value or a range ({{low, high}} or {{choices}}), got {value!r}")
-        parsed = {}
-        for name, item in value.items():
-            try:
-                parsed[str(name)] = _parse_value(item, per_model_ok=False, integer=integer)
-            except ValueError as err:
-                raise ValueError(f"{name}: {err}") from None
-        return PerModel(values=parsed)
-    if isinstance(value, list | tuple):
-        if not value or not all(_is_number(v) for v in value):
-            raise ValueError(
-                f"a list is a fixed gradient of numbers, got {value!r}; "
-                "write a searched range as {low: ..., high: ...}"
-            )
-        return Fixed(value=tuple(float(v) for v in value))
-    if isinstance(value, bool | int | float | str):
-        if integer and not (isinstance(value, int) and not isinstance(value, bool)):
-            if not isinstance(value, str):
-                raise ValueError(f"expected a whole number, got {value!r}")
-        return Fixed(value=value)
-    raise ValueError(f"expected a value, a range or one value per model, got {value!r}")
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-ParamValue = Annotated[Fixed | Range | PerModel, PlainValidator(_parse_value)]
 
 
 # --------------------------------------------------------------------------- sections
@@ -177,12 +71,12 @@ class Sources(_Frozen):
 class SliceSpec(_Frozen):
     """One searched slice of a passthrough merge: ``layers [start, start+length)`` of ``source``."""
 
-    source: Annotated[Fixed | Range, PlainValidator(lambda v: _parse_value(v, per_model_ok=False))]
+    source: Annotated[Fixed | Range, PlainValidator(lambda v: parse_value(v, per_model_ok=False))]
     start: Annotated[
-        Fixed | Range, PlainValidator(lambda v: _parse_value(v, per_model_ok=False, integer=True))
+        Fixed | Range, PlainValidator(lambda v: parse_value(v, per_model_ok=False, integer=True))
     ]
     length: Annotated[
-        Fixed | Range, PlainValidator(lambda v: _parse_value(v, per_model_ok=False, integer=True))
+        Fixed | Range, PlainValidator(lambda v: parse_value(v, per_model_ok=False, integer=True))
     ]
 
 
@@ -232,7 +126,9 @@ class Split(_Frozen):
         if self.limit is not None and self.items is not None:
             raise ValueError("give limit or items, not both")
         if self.items is not None and not 0 <= self.items[0] < self.items[1]:
-            raise ValueError(f"items must be [start, stop) with 0 <= start < stop, got {self.items}")
+            raise ValueError(
+                f"items must be [start, stop) with 0 <= start < stop, got {self.items}"
+            )
         return self
 
 
@@ -254,8 +150,12 @@ class Objective(_Frozen):
         task = data.pop("task", None)
         splits = data.get("splits") or {}
         if not isinstance(splits, dict):
-            raise ValueError("splits maps a split name (search, heldout) to a task or {task, limit, items}")
-        splits = {k: ({"task": v} if isinstance(v, str) else dict(v or {})) for k, v in splits.items()}
+            raise ValueError(
+                "splits maps a split name (search, heldout) to a task or {task, limit, items}"
+            )
+        splits = {
+            k: ({"task": v} if isinstance(v, str) else dict(v or {})) for k, v in splits.items()
+        }
         if "search" not in splits:
             if task is None and splits:
                 raise ValueError("splits needs a 'search' entry: the split the search optimises")
@@ -292,14 +192,16 @@ class PrunerSpec(_Frozen):
             raise ValueError("give at least one stage (null = all items)")
         sizes = [s for s in stages[:-1]]
         if any(s is None or s < 1 for s in sizes):
-            raise ValueError("every stage but the last is a number of items >= 1; the last may be null")
+            raise ValueError(
+                "every stage but the last is a number of items >= 1; the last may be null"
+            )
         if sizes != sorted(sizes) or (stages[-1] is not None and sizes and stages[-1] <= sizes[-1]):
             raise ValueError(f"stages must grow, got {list(stages)}")
         return stages
 
 
 def _parse_seconds(value: Any) -> float | None:
-    if value is None or _is_number(value):
+    if value is None or is_number(value):
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
     if not match:
@@ -451,7 +353,9 @@ def load_spec(spec: str | Path | dict[str, Any] | SearchSpec, **overrides: Any) 
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise SpecError(f"{source}:{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+            raise SpecError(
+                f"{source}:{where}: not valid YAML ({getattr(err, 'problem', err)})"
+            ) from None
         if not isinstance(data, dict):
             raise SpecError(f"{source}: a search spec is a YAML mapping of keys")
         data.setdefault("name", path.stem)
@@ -466,6 +370,14 @@ def load_spec(spec: str | Path | dict[str, Any] | SearchSpec, **overrides: Any) 
     return parsed
 
 
+REQUIRED_HINTS = {
+    "objectives": "; list at least one objective (name, evaluator, task, metric, weight)",
+    "sources": "; give base: and models: {name: path-or-hub-id}",
+    "methods": "; list one or more merge methods, e.g. [ties, linear]",
+    "metric": ", e.g. metric: exact_match,strip",
+}
+
+
 def _first_message(err: ValidationError, *, with_loc: bool = False) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
@@ -473,9 +385,11 @@ def _first_message(err: ValidationError, *, with_loc: bool = False) -> str:
     msg = msg.removeprefix("Value error, ")
     if kind == "extra_forbidden":
         key = str(first["loc"][-1])
-        msg = f"unknown key {key!r}{did_you_mean(key, SPEC_KEYS)}"
+        msg = f"unknown key{did_you_mean(key, SPEC_KEYS)}"
+        if not with_loc:
+            msg = f"unknown key {key!r}{did_you_mean(key, SPEC_KEYS)}"
     elif kind == "missing":
-        msg = "missing required key"
+        msg = "is required" + REQUIRED_HINTS.get(str(first["loc"][-1]), "")
     elif kind.startswith("literal_error"):
         msg = f"{first.get('input')!r} is not allowed; {msg.lower()}"
     if with_loc and loc:

@@ -1,0 +1,38 @@
+"""``mergesearch report RESULTS_DIR_OR_STORAGE``: report.html and PNG plots of a study."""
+
+from __future__ import annotations
+
+import argparse
+
+from search.locate import add_target_arguments, open_study
+from search.trials import PICKS
+
+NAME = "report"
+HELP = "write report.html (self-contained, offline) and PNG plots of a study"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_arguments(parser)
+    parser.add_argument("--out", help="folder for report.html and plots/ (default: RESULTS_DIR)")
+    parser.add_argument(
+        "--top", type=int, default=10, help="rows of the top-trials table (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--pick",
+        default="weighted",
+        metavar="CHOICE",
+        help=f"trial of a Pareto front to detail: {', '.join(PICKS)} or an objective's name "
+        "(default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from search.report import write_report
+
+    study, location = open_study(args.target, args.study)
+    result = write_report(study, location, args.out, top=args.top, pick=args.pick)
+    chosen = f"; chosen trial {result.chosen.number}" if result.chosen else ""
+    print(f"report: {result.html} ({result.bytes / 1e6:.1f} MB{chosen})")
+    for png in result.pngs:
+        print(f"plot: {png}")
+    return 0

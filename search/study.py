@@ -1,0 +1,250 @@
+"""``run_search(spec)``: create or resume a study, run trials through ``study.optimize``, report.
+
+The loop is Optuna's own ``study.optimize`` (not ask/tell) so that heartbeats and stale-trial
+retries of RDB storages work for distributed searches. Baselines (each source alone, the
+uniform average) are enqueued first, once per study. The budget counts every trial of the
+study, so the same command on the same storage resumes where it stopped; trials that finished
+are kept, and a config scored before is answered from the study instead of re-evaluated.
+At the end the best trial(s) and the baselines are scored on the held-out split(s); those scores
+are stored in the study (user attribute ``heldout``) so ``mergesearch status`` can show them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import TrialState
+
+import merging
+from search.errors import SpecError, TrialFailed
+from search.objective import LiveModel, TrialRunner
+from search.progress import Progress
+from search.samplers import (
+    BASELINE_ATTR,
+    is_baseline,
+    make_pruner,
+    make_sampler,
+    resolve_sampler_name,
+)
+from search.scoring import Scorer
+from search.space import SearchSpace
+from search.spec import SearchSpec, load_spec
+from search.storage import default_storage_url, open_storage
+from search.summary import Summary, best_trials, summarize
+
+log = logging.getLogger(__name__)
+
+MAX_HELDOUT_TRIALS = 8  # of a Pareto front, the ones scored on the held-out split
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    spec: SearchSpec
+    storage_url: str
+    summary: Summary
+    ran: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_search(
+    spec_or_path: str | Path | dict[str, Any] | SearchSpec,
+    *,
+    progress: bool = True,
+    heldout: bool = True,
+    **overrides: Any,
+) -> SearchResult:
+    """Run (or resume) the search a spec describes.
+
+    ``overrides`` take the command-line flags: ``storage``, ``study_name``, ``n_trials``,
+    ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``.
+    """
+    started = time.perf_counter()
+    spec = load_spec(spec_or_path, **overrides)
+    torch.set_num_threads(spec.threads)
+    url = spec.storage or default_storage_url(spec.name)
+    storage = open_storage(url)
+    merger = merging.Merger(cache_bytes=int(spec.cache_gb * 2**30))
+
+    baselines = _baseline_configs(spec)
+    num_layers = _check_sources(spec, merger, baselines)
+    space = SearchSpace(spec, num_layers)
+    scorer = Scorer(spec)
+    study = _open_study(spec, space, scorer, storage, url)
+    log.info(
+        "study %r in %s: %d trial(s) so far, sampler %s",
+        spec.name,
+        url,
+        len(study.trials),
+        resolve_sampler_name(spec, space),
+    )
+
+    remaining = spec.budget.trials - _spent(study)
+    if spec.baselines and remaining > 0:
+        _enqueue_baselines(study, baselines)
+    runner = TrialRunner(spec, space, scorer, LiveModel(merger), baselines)
+    ran = 0
+    if remaining > 0:
+        bar = Progress(remaining, enabled=progress, scorer=scorer)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study.optimize(
+                runner,
+                n_trials=remaining,
+                timeout=spec.budget.timeout,
+                catch=(TrialFailed,),
+                callbacks=[bar],
+                gc_after_trial=False,
+            )
+        finally:
+            bar.close()
+            optuna.logging.set_verbosity(verbosity)
+        ran = bar.count
+    if heldout:
+        score_heldout(study, spec, scorer, runner.live)
+    summary = summarize(study)
+    return SearchResult(study, spec, url, summary, ran, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------- study set-up
+
+
+def _baseline_configs(spec: SearchSpec) -> dict[str, dict[str, Any]]:
+    return SearchSpace(spec).baselines()
+
+
+def _check_sources(
+    spec: SearchSpec, merger: merging.Merger, baselines: dict[str, dict[str, Any]]
+) -> dict[str, int]:
+    """Open every source once, up front: a wrong path or an incompatible model stops here,
+    with one line, before any trial. Returns each source's depth (for passthrough slices)."""
+    depths = {}
+    for name in spec.sources.names():
+        try:
+            out = merger.output_config(baselines[name])
+        except merging.ConfigError as err:
+            key = "sources.base" if name == "base" else f"sources.models.{name}"
+            raise SpecError(f"{spec.source}: {key}: {err}") from None
+        depths[name] = int(getattr(out, "num_hidden_layers", 0) or 0)
+    return depths
+
+
+def _open_study(
+    spec: SearchSpec, space: SearchSpace, scorer: Scorer, storage: Any, url: str
+) -> optuna.Study:
+    directions = scorer.study_directions()
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        directions=directions,
+        load_if_exists=True,
+        pruner=make_pruner(spec),
+    )
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        raise SpecError(
+            f"{spec.source}: study {spec.name!r} in {url} optimises {stored}, this spec {directions}; "
+            "use another study name"
+        )
+    attrs = study.user_attrs
+    fingerprint = space.fingerprint()
+    if "space" in attrs and attrs["space"] != fingerprint:
+        changed = sorted(set(attrs["space"].items()) ^ set(fingerprint.items()))[0][0]
+        raise SpecError(
+            f"{spec.source}: study {spec.name!r} in {url} was created with another search space "
+            f"(parameter {changed!r} differs); use another study name or the original spec"
+        )
+    if "space" not in attrs:
+        study.set_user_attr("spec", spec.to_yaml())
+        study.set_user_attr("sources", {n: spec.sources.path(n) for n in spec.sources.names()})
+        study.set_user_attr("space", fingerprint)
+        study.set_user_attr("method_params", space.used)
+        study.set_user_attr(
+            "objectives",
+            [
+                {
+                    "name": o.name,
+                    "weight": o.weight,
+                    "direction": scorer.directions[o.name],
+                    "splits": sorted(o.splits),
+                }
+                for o in spec.objectives
+            ],
+        )
+        study.set_user_attr("combine", spec.combine)
+    # A resumed study gets a different sampler seed, or a seeded sampler would replay (and
+    # the de-duplication answer) the proposals of the first run.
+    study.sampler = make_sampler(spec, space, spec.sampler_seed + len(study.trials))
+    return study
+
+
+def _spent(study: optuna.Study) -> int:
+    """Trials that count against the budget: finished ones, except interrupted ones."""
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=counted)
+        if t.user_attrs.get("fail_reason") != "interrupted"
+    )
+
+
+def _enqueue_baselines(study: optuna.Study, baselines: dict[str, dict[str, Any]]) -> None:
+    """Enqueue each baseline unless it ran, runs or waits already. (``skip_if_exists`` cannot
+    tell baselines apart, as none has parameters, and would also skip interrupted ones.)"""
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+    present = {
+        t.user_attrs.get(BASELINE_ATTR)
+        for t in study.get_trials(deepcopy=False, states=live)
+        if is_baseline(t)
+    }
+    for name in baselines:
+        if name not in present:
+            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: name})
+
+
+# ---------------------------------------------------------------------- held-out scores
+
+
+def score_heldout(study: optuna.Study, spec: SearchSpec, scorer: Scorer, live: LiveModel) -> None:
+    """Score baselines and best trial(s) on every split but ``search``; store in the study."""
+    splits = [s for s in scorer.splits() if s != "search"]
+    if not splits:
+        return
+    stored = dict(study.user_attrs.get("heldout", {}))
+    wanted = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_baseline(t)
+    ]
+    wanted += best_trials(study, MAX_HELDOUT_TRIALS)
+    changed = False
+    for trial in wanted:
+        if str(trial.number) in stored or "merge_config" not in trial.user_attrs:
+            continue
+        config = merging.load_merge_config(yaml.safe_load(trial.user_attrs["merge_config"]))
+        model, tokenizer, _ = live.merge(config)
+        entry: dict[str, Any] = {"config_hash": trial.user_attrs.get("config_hash")}
+        for split in splits:
+            scores = scorer.score(model, tokenizer, split)
+            entry[split] = {**scores.values, "score": _weighted(scorer, scores.values)}
+        stored[str(trial.number)] = entry
+        changed = True
+    if changed:
+        study.set_user_attr("heldout", stored)
+
+
+def _weighted(scorer: Scorer, values: dict[str, float]) -> float:
+    """The held-out counterpart of the study value (a weighted mean for Pareto searches)."""
+    if scorer.spec.combine == "weighted_sum" and all(o.name in values for o in scorer.objectives):
+        return scorer.combine(values)[0]
+    present = [o for o in scorer.objectives if o.name in values]
+    total = sum(o.weight for o in present)
+    return sum(o.weight * values[o.name] for o in present) / total if total else math.nan
