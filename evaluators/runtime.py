@@ -7,12 +7,17 @@ imported yet, module constants for what is) and set torch's thread count from on
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from evaluators.errors import EvaluatorError
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+# lm-eval explains at INFO/WARNING level, on every call, things a search does on purpose (wrap a
+# live model object, build contexts): one line per trial that drowns the progress bar.
+LIBRARY_LOG_LEVELS = {"lm_eval": logging.WARNING, "lm_eval.models.huggingface": logging.ERROR}
 
 
 def force_offline() -> None:
@@ -34,6 +39,8 @@ def configure(threads: int | None = None) -> None:
     user turned it on.
     """
     force_offline()
+    for name, level in LIBRARY_LOG_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threads is not None:
         if threads < 1:
