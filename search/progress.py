@@ -19,7 +19,7 @@ log = logging.getLogger("search")
 class Progress:
     """An Optuna callback; with ``enabled=False`` it logs the per-trial lines instead."""
 
-    def __init__(self, total: int, *, enabled: bool, scorer: Scorer):
+    def __init__(self, total: int | None, *, enabled: bool, scorer: Scorer):
         self.enabled = enabled
         self.scorer = scorer
         self.count = 0

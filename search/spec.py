@@ -60,6 +60,23 @@ class Sources(_Frozen):
                 raise ValueError(f"model name {name!r} is reserved; pick another name")
         return models
 
+    @model_validator(mode="after")
+    def _distinct(self) -> Sources:
+        """Two names for one model weight it twice in every merge and make the baselines
+        repeat: almost certainly a copy-paste slip."""
+        seen: dict[str, str] = {}
+        for name in self.names():
+            path = self.path(name)
+            key = (
+                str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path
+            )
+            if key in seen:
+                raise ValueError(
+                    f"{seen[key]!r} and {name!r} are the same model ({path}); list each model once"
+                )
+            seen[key] = name
+        return self
+
     def names(self) -> list[str]:
         """Every source name: ``base`` first when there is one."""
         return (["base"] if self.base else []) + list(self.models)
@@ -214,6 +231,29 @@ class Budget(_Frozen):
     timeout: Annotated[float | None, PlainValidator(_parse_seconds)] = None
 
 
+class Heartbeat(_Frozen):
+    """Dead-worker detection (RDB storages): a running trial writes a heartbeat every
+    ``interval`` seconds; one silent for ``grace_period`` seconds (default: four intervals) is
+    failed and run again once. The grace period is generous because a busy CPU can delay the
+    heartbeat thread, and a live worker taken for dead costs a duplicate evaluation."""
+
+    interval: int = Field(default=30, ge=1)
+    grace_period: int | None = Field(default=None, ge=2)
+
+    @property
+    def grace(self) -> int:
+        return self.grace_period if self.grace_period is not None else 4 * self.interval
+
+    @model_validator(mode="after")
+    def _check(self) -> Heartbeat:
+        if self.grace_period is not None and self.grace_period <= self.interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period} s) must be longer than interval "
+                f"({self.interval} s), or live workers are taken for dead"
+            )
+        return self
+
+
 # --------------------------------------------------------------------------- the spec
 
 
@@ -236,6 +276,7 @@ class SearchSpec(_Frozen):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     budget: Budget = Budget()
+    heartbeat: Heartbeat = Heartbeat()
     baselines: bool = True
     source: str = "<spec>"
     raw: dict[str, Any] = Field(default_factory=dict, repr=False)
@@ -296,6 +337,7 @@ SPEC_KEYS = (
     *SamplerSpec.model_fields,
     *PrunerSpec.model_fields,
     *Budget.model_fields,
+    *Heartbeat.model_fields,
     *Granularity.model_fields,
     *SliceSpec.model_fields,
 )
@@ -312,6 +354,8 @@ OVERRIDES = {
     "seed": ("seed",),
     "threads": ("threads",),
     "pruner": ("pruner", "name"),
+    "heartbeat": ("heartbeat", "interval"),
+    "grace_period": ("heartbeat", "grace_period"),
 }
 
 
@@ -379,7 +423,9 @@ REQUIRED_HINTS = {
 
 
 def _first_message(err: ValidationError, *, with_loc: bool = False) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    # a misspelt key also makes the real one "missing": the spelling is the error to report
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     kind, msg = first["type"], first["msg"]
     msg = msg.removeprefix("Value error, ")
@@ -392,6 +438,8 @@ def _first_message(err: ValidationError, *, with_loc: bool = False) -> str:
         msg = "is required" + REQUIRED_HINTS.get(str(first["loc"][-1]), "")
     elif kind.startswith("literal_error"):
         msg = f"{first.get('input')!r} is not allowed; {msg.lower()}"
+    elif kind.endswith(("_type", "_parsing")):  # a wrong type: show what was given
+        msg = f"{msg}, got {first.get('input')!r}"
     if with_loc and loc:
         return f"{loc}: {msg}"
     return msg

@@ -4,9 +4,13 @@ A storage is named by a URL string, so that any number of processes on any numbe
 join the same study by passing the same string:
 
 - ``sqlite:///results/<study>/study.db`` (the default), ``postgresql+psycopg2://...``,
-  ``mysql+pymysql://...``: Optuna's RDB storage (tables are created on open, which also avoids
-  a race of two workers creating them on an empty PostgreSQL database);
-- ``journal:PATH``: an append-only journal file, fine for several processes on one machine;
+  ``mysql+pymysql://...``: Optuna's RDB storage. Its tables are created on open, under a lock
+  (``search.locks``): several workers starting at once on an empty PostgreSQL database would
+  otherwise collide in ``CREATE TABLE`` and all but one crash. With ``heartbeat_interval`` set,
+  a running trial records a heartbeat; one silent for ``grace_period`` seconds (its worker
+  died) is failed and re-queued once with the same parameters;
+- ``journal:PATH``: an append-only journal file, fine for several processes on one machine
+  (no heartbeats: a killed worker's trial stays "running");
 - ``memory:``: in-process only (tests).
 
 ``resolve_target`` turns what a user types after ``mergesearch status`` (a results folder, a
@@ -15,14 +19,24 @@ join the same study by passing the same string:
 
 from __future__ import annotations
 
+import random
+import time
+import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
+from optuna.storages import (
+    BaseStorage,
+    InMemoryStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
 from optuna.storages.journal import JournalFileBackend
 
 from search.errors import SpecError
+from search.locks import Lock, schema_lock, scheme, study_lock
 
 RESULTS_DIR = Path("results")
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
@@ -33,33 +47,43 @@ def default_storage_url(study_name: str, results_dir: Path | str = RESULTS_DIR) 
     return f"sqlite:///{Path(results_dir) / study_name / 'study.db'}"
 
 
-def _scheme(url: str) -> str:
-    return url.split(":", 1)[0].split("+", 1)[0].lower()
+def open_storage(
+    url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> BaseStorage:
+    """Open (and create where needed) the storage a URL names; ``SpecError`` if it cannot.
 
-
-def open_storage(url: str) -> BaseStorage:
-    """Open (and create where needed) the storage a URL names; ``SpecError`` if it cannot."""
-    scheme = _scheme(url)
+    ``heartbeat_interval``/``grace_period`` (seconds) turn on dead-worker detection for RDB
+    storages; other storages ignore them."""
+    kind = scheme(url)
     if url in ("memory", "memory:"):
         return InMemoryStorage()
-    if scheme == "journal":
+    if kind == "journal":
         path = Path(url.split(":", 1)[1])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if scheme not in RDB_SCHEMES:
+    if kind not in RDB_SCHEMES:
         raise SpecError(
-            f"storage {url!r}: unknown kind {scheme!r}; use sqlite:///PATH, "
+            f"storage {url!r}: unknown kind {kind!r}; use sqlite:///PATH, "
             "postgresql+psycopg2://USER:PASS@HOST/DB, mysql+pymysql://..., journal:PATH or memory:"
         )
     engine_kwargs = {}
-    if scheme == "sqlite":
+    if kind == "sqlite":
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs["connect_args"] = {"timeout": 60}  # several local workers wait, not fail
+    else:
+        engine_kwargs["pool_pre_ping"] = True  # a long trial outlives idle server connections
+    heartbeat = {}
+    if heartbeat_interval is not None:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": retry_once(),
+        }
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs)
-        if scheme == "sqlite":
+        storage = _create_tables(url, engine_kwargs, heartbeat)
+        if kind == "sqlite":
             _fast_sqlite(storage)
         return storage
     except ImportError as err:
@@ -67,6 +91,37 @@ def open_storage(url: str) -> BaseStorage:
     except Exception as err:  # SQLAlchemy raises many kinds; all mean "cannot use this URL"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SpecError(f"storage {url!r}: cannot open ({first})") from None
+
+
+def retry_once() -> RetryHeartbeatStaleTrialCallback:
+    """A dead worker's trial runs again once, same parameters; a second death counts as a
+    failed trial (a config that kills its worker, say by memory, must not loop forever)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+def _create_tables(url: str, engine_kwargs: dict, heartbeat: dict) -> RDBStorage:
+    """``RDBStorage(url)`` under the schema lock, retried with backoff on the errors a
+    concurrent ``CREATE TABLE`` raises (a client that does not take our lock may still race)."""
+    transient = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
+    attempts = 6
+    for attempt in range(attempts):
+        try:
+            with schema_lock(url), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except transient:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def lock_for(storage: BaseStorage, url: str, study_name: str) -> Lock:
+    """The cross-process lock of one study in this storage (see ``search.locks``)."""
+    engine = storage.engine if isinstance(storage, RDBStorage) else None
+    return study_lock(url, study_name, engine)
 
 
 def _fast_sqlite(storage: RDBStorage) -> None:

@@ -1,12 +1,18 @@
 """``run_search(spec)``: create or resume a study, run trials through ``study.optimize``, report.
 
 The loop is Optuna's own ``study.optimize`` (not ask/tell) so that heartbeats and stale-trial
-retries of RDB storages work for distributed searches. Baselines (each source alone, the
-uniform average) are enqueued first, once per study. The budget counts every trial of the
-study, so the same command on the same storage resumes where it stopped; trials that finished
-are kept, and a config scored before is answered from the study instead of re-evaluated.
-At the end the best trial(s) and the baselines are scored on the held-out split(s); those scores
-are stored in the study (user attribute ``heldout``) so ``mergesearch status`` can show them.
+retries of RDB storages work for distributed searches. Any number of processes, on any number
+of machines, may run the same spec against the same storage: they join one study by name. The
+steps that must not interleave between them (creating the study, enqueueing the baselines
+once per study, handing out the last trials of the budget, held-out scoring) run under the
+study's cross-process lock (``search.locks``); the budget is study-wide (``search.budget``).
+
+Baselines (each source alone, the uniform average) are enqueued first, once per study. The
+budget counts every trial of the study, so the same command on the same storage resumes where it
+stopped; trials that finished are kept, and a config scored before is answered from the study
+instead of re-evaluated. At the end the best trial(s) and the baselines are scored on the
+held-out split(s); those scores are stored in the study (user attribute ``heldout``) so
+``mergesearch status`` can show them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import yaml
 from optuna.trial import TrialState
 
 import merging
+from search.budget import BudgetSpent, GatedStudy, fail_stale_trials, reap_unclaimed, spent
 from search.errors import SpecError, TrialFailed
 from search.objective import LiveModel, TrialRunner
 from search.progress import Progress
@@ -37,12 +44,14 @@ from search.samplers import (
 from search.scoring import Scorer
 from search.space import SearchSpace
 from search.spec import SearchSpec, load_spec
-from search.storage import default_storage_url, open_storage
+from search.storage import default_storage_url, lock_for, open_storage, retry_once
 from search.summary import Summary, best_trials, summarize
 
 log = logging.getLogger(__name__)
 
 MAX_HELDOUT_TRIALS = 8  # of a Pareto front, the ones scored on the held-out split
+WORKERS_ATTR = "workers_joined"  # study attribute: how many processes have joined the study
+SEED_STRIDE = 7919  # sampler seeds of the workers of one study lie this far apart
 
 
 @dataclass
@@ -66,20 +75,31 @@ def run_search(
     """Run (or resume) the search a spec describes.
 
     ``overrides`` take the command-line flags: ``storage``, ``study_name``, ``n_trials``,
-    ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``.
+    ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``, ``heartbeat``, ``grace_period``.
     """
     started = time.perf_counter()
     spec = load_spec(spec_or_path, **overrides)
     torch.set_num_threads(spec.threads)
     url = spec.storage or default_storage_url(spec.name)
-    storage = open_storage(url)
     merger = merging.Merger(cache_bytes=int(spec.cache_gb * 2**30))
-
     baselines = _baseline_configs(spec)
+    # sources before storage: a refused spec leaves no empty study behind
     num_layers = _check_sources(spec, merger, baselines)
+    storage = open_storage(
+        url, heartbeat_interval=spec.heartbeat.interval, grace_period=spec.heartbeat.grace
+    )
+    lock = lock_for(storage, url, spec.name)
     space = SearchSpace(spec, num_layers)
     scorer = Scorer(spec)
-    study = _open_study(spec, space, scorer, storage, url)
+    with lock:  # N workers starting at once: one creates the study and enqueues the baselines
+        study = _open_study(spec, space, scorer, storage, url)
+        # A dead worker's baseline is re-queued by its retry, not by _enqueue_baselines.
+        fail_stale_trials(study)
+        if lock.reliable:
+            reap_unclaimed(study, retry_once())
+        remaining = spec.budget.trials - spent(study.get_trials(deepcopy=False))
+        if spec.baselines and remaining > 0:
+            _enqueue_baselines(study, baselines)
     log.info(
         "study %r in %s: %d trial(s) so far, sampler %s",
         spec.name,
@@ -87,31 +107,44 @@ def run_search(
         len(study.trials),
         resolve_sampler_name(spec, space),
     )
-
-    remaining = spec.budget.trials - _spent(study)
-    if spec.baselines and remaining > 0:
-        _enqueue_baselines(study, baselines)
+    study = GatedStudy(
+        study,
+        budget=spec.budget.trials,
+        lock=lock,
+        heartbeat=storage if getattr(storage, "heartbeat_interval", None) else None,
+        poll_seconds=min(spec.heartbeat.interval, 5),
+        retry=retry_once(),
+    )
     runner = TrialRunner(spec, space, scorer, LiveModel(merger), baselines)
-    ran = 0
-    if remaining > 0:
-        bar = Progress(remaining, enabled=progress, scorer=scorer)
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            study.optimize(
-                runner,
-                n_trials=remaining,
-                timeout=spec.budget.timeout,
-                catch=(TrialFailed,),
-                callbacks=[bar],
-                gc_after_trial=False,
-            )
-        finally:
-            bar.close()
-            optuna.logging.set_verbosity(verbosity)
-        ran = bar.count
+    # Always enter the loop: with the budget handed out, trials running on other workers may
+    # still die and need a retry here; ``ask`` returns at once when there is nothing to wait for.
+    bar = Progress(max(remaining, 0) or None, enabled=progress, scorer=scorer)
+    verbosity = optuna.logging.get_verbosity()
+    # ERROR: Optuna's warning for a failed or interrupted trial carries a traceback; the
+    # objective logs each failure in one line, and Ctrl+C is reported by the CLI.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study.optimize(
+            runner,
+            timeout=spec.budget.timeout,
+            catch=(TrialFailed,),
+            callbacks=[bar],
+            gc_after_trial=False,
+        )
+    except BudgetSpent:
+        pass  # the study-wide budget is handed out: the normal end of a worker
+    except KeyboardInterrupt:
+        if spec.baselines:  # an interrupted baseline waits in the queue for the other workers
+            with lock:
+                _enqueue_baselines(study, baselines)
+        raise
+    finally:
+        bar.close()
+        optuna.logging.set_verbosity(verbosity)
+    ran = bar.count
     if heldout:
-        score_heldout(study, spec, scorer, runner.live)
+        with lock:  # the first worker to finish scores; the others find the scores stored
+            score_heldout(study, spec, scorer, runner.live)
     summary = summarize(study)
     return SearchResult(study, spec, url, summary, ran, time.perf_counter() - started)
 
@@ -136,6 +169,13 @@ def _check_sources(
             key = "sources.base" if name == "base" else f"sources.models.{name}"
             raise SpecError(f"{spec.source}: {key}: {err}") from None
         depths[name] = int(getattr(out, "num_hidden_layers", 0) or 0)
+    for name, data in baselines.items():  # the average: do the sources merge with each other?
+        if name in depths:
+            continue
+        try:
+            merger.plan(merging.load_merge_config(data, source_name=f"baseline {name!r}"))
+        except merging.ConfigError as err:
+            raise SpecError(f"{spec.source}: sources: {err}") from None
     return depths
 
 
@@ -183,19 +223,13 @@ def _open_study(
         )
         study.set_user_attr("combine", spec.combine)
     # A resumed study gets a different sampler seed, or a seeded sampler would replay (and
-    # the de-duplication answer) the proposals of the first run.
-    study.sampler = make_sampler(spec, space, spec.sampler_seed + len(study.trials))
+    # the de-duplication answer) the proposals of the first run; so does each worker that joins
+    # (the first process keeps the spec's seed: a one-process search stays reproducible).
+    joined = int(attrs.get(WORKERS_ATTR, 0))
+    study.set_user_attr(WORKERS_ATTR, joined + 1)
+    seed = spec.sampler_seed + len(study.trials) + SEED_STRIDE * joined
+    study.sampler = make_sampler(spec, space, seed)
     return study
-
-
-def _spent(study: optuna.Study) -> int:
-    """Trials that count against the budget: finished ones, except interrupted ones."""
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=counted)
-        if t.user_attrs.get("fail_reason") != "interrupted"
-    )
 
 
 def _enqueue_baselines(study: optuna.Study, baselines: dict[str, dict[str, Any]]) -> None:

@@ -186,7 +186,9 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     best = {t.number for t in best_trials(study)}
     used = study.user_attrs.get("method_params")
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried_as = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", ())[-1:]}
+    for t in trials:
         attrs = t.user_attrs
         metrics = attrs.get("metrics", {})
         note = ""
@@ -196,6 +198,8 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
             note = f"pruned after {attrs.get('stage')} items"
         elif "fail_reason" in attrs:
             note = attrs["fail_reason"]
+        elif t.number in retried_as:
+            note = f"worker lost; run again as #{retried_as[t.number]}"
         rows.append(
             {
                 "number": t.number,
