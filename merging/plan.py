@@ -271,8 +271,23 @@ class _Planner:
 
     # -- whole plan ----------------------------------------------------------------------------
 
+    def _check_architectures(self) -> None:
+        """Models of different ``model_type`` can share tensor names and shapes (Llama and
+        Mistral do), so shapes alone would let such a merge through and produce nonsense."""
+        kinds = {
+            ref: self.checkpoints.get(ref).config.get("model_type")
+            for ref in self.config.model_refs
+        }
+        if len(set(kinds.values())) > 1:
+            listed = ", ".join(f"{ref}: {kind}" for ref, kind in kinds.items())
+            raise ConfigError(
+                f"{self.where}: models are of different architectures ({listed}); merge models "
+                "of one architecture (model_type in config.json)"
+            )
+
     def build(self) -> MergePlan:
         slices = _explicit_slices(self.config, self.checkpoints)
+        self._check_architectures()
         roles = [_roles(sl, self.method, self.config, i) for i, sl in enumerate(slices)]
         jobs: list[TensorJob] = []
         out_layers: list[tuple[int, int]] = []  # (slice index, reference layer) per output layer

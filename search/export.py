@@ -50,12 +50,6 @@ def _fsync_files(folder: Path, names: tuple[str, ...]) -> None:
             os.fsync(fh.fileno())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def export_trial(
     study: optuna.Study,
     location: StudyLocation,
@@ -76,12 +70,20 @@ def export_trial(
     out = Path(out_dir if out_dir is not None else location.results_dir / DEFAULT_DIR).absolute()
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: output folder exists; pass --overwrite to replace it")
-    cleanup_stale_temp_dirs(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    yaml_path = yaml_path_for(out)
+    yaml_tmp = yaml_path.with_name(f".{yaml_path.name}{TEMP_MARK}{os.getpid()}")
     staging = out.parent / f".{out.name}{TEMP_MARK}{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+    try:
+        cleanup_stale_temp_dirs(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+    except OSError as err:
+        raise ConfigError(
+            f"{out.parent}: cannot create the output ({err.strerror or err}); pass --out to a "
+            "writable folder"
+        ) from None
     try:
         # The search merged with merge_into(config) and the config's seed: the same plan and
         # the same per-tensor seeds here give the same tensors.
@@ -94,15 +96,18 @@ def export_trial(
             model_card.render(study, trial, why, config, config_text, title), encoding="utf-8"
         )
         _fsync_files(model, (MERGEKIT_YAML, CARD))
+        yaml_tmp.write_text(config_text)  # both land, or neither: written before the renames
         replace_dir(model, out)
+        os.replace(yaml_tmp, yaml_path)
+    except merging.MergeRuntimeError as err:  # name the folder the user asked for
+        raise type(err)(str(err).replace(str(staging / "model"), str(out))) from None
     except OSError as err:
         raise merging.MergeRuntimeError(
             f"{out}: export failed ({err.strerror or err}); nothing was left behind"
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    yaml_path = yaml_path_for(out)
-    _write_atomic(yaml_path, config_text)
+        yaml_tmp.unlink(missing_ok=True)
     return ExportResult(out, yaml_path, trial, why, time.perf_counter() - started)
 
 

@@ -129,7 +129,7 @@ class TrialRunner:
             self.live.merger.plan(config)  # structural problems (paths, shapes) stop the search
         except merging.ConfigError as err:
             trial.set_user_attr("fail_reason", str(err))
-            raise SpecError(f"trial {trial.number}: {err}") from None
+            raise SpecError(str(err)) from None  # the config is named "trial N" already
         try:
             model, tokenizer, merge_seconds = self.live.merge(config)
         except Exception as err:

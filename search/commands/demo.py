@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search.commands.checks import at_least_one
 from search.spec import SAMPLERS
 
 NAME = "demo"
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from search.demo_models import DemoRecipe, build_demo_family, default_demo_dir, load_demo_family
     from search.study import run_search
 
+    _check_flags(args)
     started = time.perf_counter()
     root = default_demo_dir() / f"seed{args.seed}"
     if load_demo_family(root, DemoRecipe(), args.seed) is None:
@@ -85,6 +87,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nstudy {result.spec.name!r} in {result.storage_url}; demo took {took:.0f} s")
     print(f"inspect it: mergesearch status {Path(result.storage_url.split(':///', 1)[-1]).parent}")
     return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse bad flags before the family is built: building takes minutes on one core."""
+    from search.storage import open_storage
+
+    at_least_one("--n-trials", args.n_trials)
+    at_least_one("--threads", args.threads)
+    if args.storage:
+        open_storage(args.storage)
 
 
 def verdict(summary: Any, specialists: list[str]) -> str:

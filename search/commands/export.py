@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from merging.engine import DEFAULT_SHARD_SIZE
+from search.commands.checks import at_least_one
 from search.locate import add_target_arguments, open_study
 from search.trials import PICKS
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from search.export import baseline_beating, export_trial
     from search.trials import baseline_name, method_of
 
+    at_least_one("--threads", args.threads)
     study, location = open_study(args.target, args.study)
     result = export_trial(
         study,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from merging.errors import ConfigError, MergeRuntimeError
+from search.commands.checks import at_least_one
 from search.locate import add_target_arguments, open_study
 from search.trials import PICKS
 
@@ -29,8 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from search.report import write_report
 
+    at_least_one("--top", args.top)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(
+            f"--out {args.out}: is a file, not a folder; give a folder for the report"
+        )
     study, location = open_study(args.target, args.study)
-    result = write_report(study, location, args.out, top=args.top, pick=args.pick)
+    try:
+        result = write_report(study, location, args.out, top=args.top, pick=args.pick)
+    except OSError as err:  # a read-only results folder, a full disk
+        where = err.filename or args.out or location.results_dir
+        raise MergeRuntimeError(
+            f"{where}: cannot write the report ({err.strerror or err}); pass --out to a "
+            "writable folder"
+        ) from None
     chosen = f"; chosen trial {result.chosen.number}" if result.chosen else ""
     print(f"report: {result.html} ({result.bytes / 1e6:.1f} MB{chosen})")
     for png in result.pngs:
