@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
 - Run: {dt.datetime.now().isoformat(timespec="minutes")}, `{command.strip()}`
 - Machine: {machine_summary()}; 1-min load {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (other jobs share the CPUs)
 - Family: `{args.size}` Llama, {N_MODELS} float32 models of {_gb(checkpoint_bytes(family[0]))} GB, base + 2 noisy fine-tunes, 500 MB shards
-- Threads: {args.threads} for both tools; {cache_note}
+- Threads: {args.threads} for both tools (mergesearch `--threads`: tensors computed in parallel, one single-threaded torch worker each; mergekit `-j`: torch's intra-op threads); {cache_note}
 - I/O floor (all inputs read once + one output written once, no fsync): {floor_text}; "x I/O floor" uses the warm floor scaled to the bytes each method reads and writes
 - GB/s = (bytes read + bytes written) / wall time; wall time, CPU time (user + system) and peak RSS are of the whole CLI process (imports included); CPU time is less sensitive than wall time to other jobs on the machine
 - Targets: speed-up >= 3x (>= 10x for ties, dare_ties, breadcrumbs, della); linear and task_arithmetic within {FLOOR_TARGET:g}x of the floor; peak RSS < 1.5 GB

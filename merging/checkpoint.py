@@ -1,5 +1,11 @@
 """A lazy view over one Hugging Face model folder: names, shapes and dtypes from headers, tensors
-read one at a time from memory-mapped safetensors.
+read one at a time from safetensors files.
+
+Tensors are read with ``os.preadv`` straight into a fresh ``torch.empty`` buffer, not through a
+memory map: a mapped page that a merge has touched stays in the process's RSS for as long as the
+map lives (peak RSS grew to the size of all inputs), and its page faults land on whichever thread
+touches it first (the compute thread). ``preadv`` releases the GIL, so the engine's prefetch
+thread reads while the compute thread works, and memory holds only the tensors in flight.
 
 Only safetensors are read by default. Pickle checkpoints (``pytorch_model*.bin``) can execute
 code when unpickled, so they need an explicit opt-in and are then loaded with
@@ -9,6 +15,7 @@ code when unpickled, so they need an explicit opt-in and are then loaded with
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -40,10 +47,16 @@ class TensorInfo:
     file: Path
     shape: tuple[int, ...]
     dtype: torch.dtype
+    start: int = 0  # absolute byte offset of the data in ``file`` (safetensors only)
+    nbytes: int = 0
 
 
-def _read_safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse a safetensors header without reading tensor data; corrupt files name themselves."""
+def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """Parse a safetensors header without reading tensor data; corrupt files name themselves.
+
+    Returns the header and the absolute offset where tensor data starts (``data_offsets`` are
+    relative to it). Every entry is checked to lie inside the file and to match its shape.
+    """
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
@@ -58,17 +71,35 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: corrupted safetensors file ({err}); re-download or re-save the checkpoint"
         ) from None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path}: corrupted safetensors file (header is not a JSON object)")
     data_len = size - 8 - header_len
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        end = meta.get("data_offsets", [0, 0])[1]
+        try:
+            begin, end = (int(x) for x in meta["data_offsets"])
+            shape = [int(d) for d in meta["shape"]]
+            dtype_name = str(meta["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                f"{path}: corrupted safetensors file (tensor {name!r} has a malformed header "
+                "entry); re-download or re-save the checkpoint"
+            ) from None
         if end > data_len:
             raise ConfigError(
                 f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, "
                 f"data holds {data_len}); re-download the checkpoint"
             )
-    return header
+        dtype = SAFETENSORS_DTYPES.get(dtype_name)
+        expected = math.prod(shape) * (dtype.itemsize if dtype is not None else 0)
+        if begin < 0 or (dtype is not None and end - begin != expected):
+            raise ConfigError(
+                f"{path}: corrupted safetensors file (tensor {name!r} spans bytes "
+                f"[{begin}, {end}) but {dtype_name} {shape} needs {expected}); re-download or "
+                "re-save the checkpoint"
+            )
+    return header, 8 + header_len
 
 
 class Checkpoint:
@@ -79,7 +110,7 @@ class Checkpoint:
         self.ref = ref or str(folder)
         self.config = self._read_config()
         self.tensors: dict[str, TensorInfo] = {}
-        self._handles: dict[Path, Any] = {}
+        self._fds: dict[Path, int] = {}
         self._pickle_state: dict[str, torch.Tensor] | None = None
         if self._index_safetensors():
             return
@@ -122,13 +153,17 @@ class Checkpoint:
         else:
             return False
         for f in files:
-            for name, meta in _read_safetensors_header(f).items():
+            header, data_start = _read_safetensors_header(f)
+            for name, meta in header.items():
                 if name == "__metadata__":
                     continue
                 dtype = SAFETENSORS_DTYPES.get(meta["dtype"])
                 if dtype is None:
                     raise ConfigError(f"{f}: tensor {name!r} has unsupported dtype {meta['dtype']}")
-                self.tensors[name] = TensorInfo(f, tuple(meta["shape"]), dtype)
+                begin, end = meta["data_offsets"]
+                self.tensors[name] = TensorInfo(
+                    f, tuple(meta["shape"]), dtype, data_start + begin, end - begin
+                )
         return True
 
     def _index_pickle(self, allow_pickle: bool) -> bool:
@@ -169,17 +204,32 @@ class Checkpoint:
         return name in self.tensors
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a private copy; callers may keep it, nobody mutates it)."""
+        """Read one tensor into memory of its own (callers may keep it; nobody mutates it)."""
         if self._pickle_state is not None:
             return self._pickle_state[name]
         info = self.tensors[name]
-        handle = self._handles.get(info.file)
-        if handle is None:
-            from safetensors import safe_open
+        out = torch.empty(info.shape, dtype=info.dtype)
+        if info.nbytes:
+            _pread_exact(self._fd(info.file), out, info.start, info.nbytes, info.file)
+        return out
 
-            handle = safe_open(str(info.file), framework="pt")
-            self._handles[info.file] = handle
-        return handle.get_tensor(name)
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fds[path] = fd
+        return fd
+
+    def close(self) -> None:
+        """Close the open shard files (reopened on the next ``get``)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        fds = getattr(self, "_fds", None)
+        if fds:
+            self.close()
 
     @property
     def num_layers(self) -> int:
@@ -194,6 +244,20 @@ class Checkpoint:
     @property
     def tie_word_embeddings(self) -> bool:
         return bool(self.config.get("tie_word_embeddings", False))
+
+
+def _pread_exact(fd: int, out: torch.Tensor, start: int, nbytes: int, path: Path) -> None:
+    """Fill ``out`` with ``nbytes`` bytes of ``fd`` from ``start``; short files are errors."""
+    view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+    done = 0
+    while done < nbytes:
+        got = os.preadv(fd, [view[done:]], start + done)
+        if got <= 0:
+            raise ConfigError(
+                f"{path}: truncated safetensors file (ends inside a tensor at byte "
+                f"{start + done}); re-download the checkpoint"
+            )
+        done += got
 
 
 def resolve_model_path(ref: str, *, allow_pickle: bool = False) -> Path:
@@ -239,3 +303,7 @@ class CheckpointSet:
             ckpt = Checkpoint(path, allow_pickle=self.allow_pickle, ref=ref)
             self._open[ref] = ckpt
         return ckpt
+
+    def close(self) -> None:
+        for ckpt in self._open.values():
+            ckpt.close()

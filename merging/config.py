@@ -93,7 +93,7 @@ class MergeConfig:
             out["base_model"] = self.base_model
         if self.parameters:
             out["parameters"] = _params_to_dict(self.parameters)
-        for key in ("dtype", "out_dtype", "tokenizer_source"):
+        for key in ("dtype", "out_dtype", "tokenizer_source", "seed"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 from merging.checkpoint import CheckpointSet
 from merging.config import MergeConfig, load_merge_config
 from merging.errors import ConfigError, MergeRuntimeError
+from merging.methods.selection import blocks
 from merging.plan import MergePlan, TensorJob, TensorRef, _Planner
+from merging.runtime import single_threaded_ops, tune_allocator
 from merging.sinks import DiskSink, ModelSink, TensorSink, parse_size
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 DEFAULT_SHARD_SIZE = "5G"
+PLAN_CACHE_SIZE = 8  # a search alternates few configs; plans hold only names and parameters
+PREFETCH_JOBS = 2  # jobs read ahead beyond those being computed
 
 
 class NonFiniteError(MergeRuntimeError):
@@ -100,9 +104,10 @@ class Merger:
         self.checkpoints = CheckpointSet(allow_pickle=allow_pickle)
         self.cache = _TensorCache(cache_bytes)
         self.trust_remote_code = trust_remote_code
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self._plans: dict[str, MergePlan] = {}
+        # tensors computed at once (None: torch's thread count when a merge starts)
+        self.threads = threads
+        tune_allocator()
+        self._plans: OrderedDict[str, MergePlan] = OrderedDict()
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -113,7 +118,15 @@ class Merger:
         if plan is None:
             plan = _Planner(config, self.checkpoints).build()
             self._plans[key] = plan
+            while len(self._plans) > PLAN_CACHE_SIZE:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
         return plan
+
+    def close(self) -> None:
+        """Close the open checkpoint files (they reopen on demand)."""
+        self.checkpoints.close()
 
     def output_config(self, config: MergeConfig | dict | str | Path) -> Any:
         """The merged model's ``transformers`` config (depth after slices, saved dtype)."""
@@ -207,8 +220,16 @@ class Merger:
     def _execute(
         self, plan: MergePlan, sink: TensorSink, seed: int, progress: bool, check_finite: bool
     ) -> MergeStats:
+        """Run every job; results reach the sink in plan order.
+
+        Three kinds of threads overlap: one reads inputs ahead (``preadv`` releases the GIL),
+        ``threads`` workers compute one tensor each with single-threaded torch ops (see
+        ``runtime``), and the disk sink writes behind. At most ``workers + PREFETCH_JOBS`` jobs
+        are in flight, which bounds memory to a few tensors.
+        """
         start = time.perf_counter()
         written = 0
+        workers = max(1, self.threads or torch.get_num_threads())
         bar = tqdm(
             total=len(plan.jobs),
             desc=f"merge ({plan.method.name})",
@@ -216,30 +237,45 @@ class Merger:
             disable=not progress,
             leave=False,
         )
-        # reading the next job's inputs overlaps computing this one's (I/O and math in parallel)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-            pending: Future | None = (
-                pool.submit(self._read_job, plan.jobs[0]) if plan.jobs else None
-            )
-            for i, job in enumerate(plan.jobs):
-                assert pending is not None
-                inputs, base = pending.result()
-                pending = (
-                    pool.submit(self._read_job, plan.jobs[i + 1])
-                    if i + 1 < len(plan.jobs)
-                    else None
-                )
-                result = self._compute(plan, job, inputs, base, seed)
-                if check_finite and result.is_floating_point() and not torch.isfinite(result).all():
-                    raise NonFiniteError(
-                        f"merged tensor {job.out_name!r} contains NaN or inf; the merge parameters "
-                        "are unusable (check weights, lambda and the sources)"
-                    )
-                sink.write(job.out_name, result)
-                written += result.numel() * result.element_size()
-                bar.update()
+        with (
+            single_threaded_ops(),
+            ThreadPoolExecutor(1, thread_name_prefix="prefetch") as reader,
+            ThreadPoolExecutor(workers, thread_name_prefix="merge") as pool,
+        ):
+            in_flight: deque[Future] = deque()
+            upcoming = iter(plan.jobs)
+
+            def submit(job: TensorJob) -> Future:
+                read = reader.submit(self._read_job, job)
+                return pool.submit(self._compute_when_read, plan, job, read, seed)
+
+            try:
+                for job in plan.jobs:
+                    while len(in_flight) < workers + PREFETCH_JOBS and (
+                        ahead := next(upcoming, None)
+                    ):
+                        in_flight.append(submit(ahead))
+                    result = in_flight.popleft().result()
+                    if check_finite and not _finite(result):
+                        raise NonFiniteError(
+                            f"merged tensor {job.out_name!r} contains NaN or inf; the merge "
+                            "parameters are unusable (check weights, lambda and the sources)"
+                        )
+                    sink.write(job.out_name, result)
+                    written += result.numel() * result.element_size()
+                    del result
+                    bar.update()
+            finally:
+                for future in in_flight:  # a failed merge: skip work nobody will use
+                    future.cancel()
         bar.close()
         return MergeStats(time.perf_counter() - start, len(plan.jobs), written)
+
+    def _compute_when_read(
+        self, plan: MergePlan, job: TensorJob, read: Future, seed: int
+    ) -> torch.Tensor:
+        inputs, base = read.result()
+        return self._compute(plan, job, inputs, base, seed)
 
     def _compute(
         self,
@@ -263,6 +299,13 @@ class Merger:
         except ConfigError as err:
             raise ConfigError(f"tensor {job.out_name!r}: {err}") from None
         return result.to(plan.out_dtype)
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    if not tensor.is_floating_point():
+        return True
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(flat[sl]).all()) for sl in blocks(flat.numel()))
 
 
 def _as_config(config: MergeConfig | dict | str | Path) -> MergeConfig:
@@ -318,4 +361,7 @@ def run_merge(
     progress). No tensor cache: a one-off merge reads every source tensor once.
     """
     merger = Merger(cache_bytes=0, allow_pickle=allow_pickle, threads=threads)
-    return merger.merge_to_disk(config, out_dir, **kwargs)
+    try:
+        return merger.merge_to_disk(config, out_dir, **kwargs)
+    finally:
+        merger.close()

@@ -2,7 +2,8 @@
 
 ``DiskSink`` knows every output name, shape and dtype from the plan before the first tensor is
 computed, so it writes each shard's header first and then streams tensor bytes in plan order:
-memory stays at one tensor, not one shard. The folder is built under a temporary sibling name and
+memory stays at a few tensors, not one shard. A writer thread does the writing (file writes
+release the GIL), so the merge computes the next tensor meanwhile. The folder is built under a temporary sibling name and
 renamed into place only when complete, so an interrupted merge never leaves a folder that looks
 finished.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +201,10 @@ class DiskSink:
         self._position = 0
         self._file: BinaryIO | None = None
         self._finished = False
+        # at most two tensors wait for the writer: memory stays bounded
+        self._queue: queue.Queue[tuple[_Shard, str, torch.Tensor] | None] = queue.Queue(2)
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     @property
     def folder(self) -> Path:
@@ -205,6 +212,8 @@ class DiskSink:
         return self.tmp
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue ``tensor`` for writing (the caller must not modify it afterwards)."""
+        self._raise_writer_error()
         shard, expected = self._order[self._position]
         if name != expected:
             raise MergeRuntimeError(
@@ -216,15 +225,41 @@ class DiskSink:
                 f"internal: tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, planned "
                 f"{dtype} {list(shape)}"
             )
+        self._position += 1
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._drain, name="sink-writer", daemon=True)
+            self._writer.start()
+        self._queue.put((shard, name, tensor))
+
+    def _drain(self) -> None:
+        """Writer thread: write queued tensors in order until the ``None`` sentinel."""
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write_now(*item)
+                except BaseException as err:  # re-raised in the merging thread
+                    self._error = err
+
+    def _write_now(self, shard: _Shard, name: str, tensor: torch.Tensor) -> None:
         if shard.names[0] == name:
             self._open(shard)
         assert self._file is not None
         data = tensor.contiguous()
         self._file.write(memoryview(data.view(torch.uint8).numpy()) if data.numel() else b"")
-        self._position += 1
         if shard.names[-1] == name:
             self._file.close()
             self._file = None
+
+    def _stop_writer(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
     def _open(self, shard: _Shard) -> None:
         self._file = (self.tmp / shard.filename).open("wb", buffering=8 * 2**20)
@@ -232,6 +267,8 @@ class DiskSink:
         self._file.write(shard.header)
 
     def finish(self) -> Path:
+        self._stop_writer()
+        self._raise_writer_error()
         if self._position != len(self._order):
             raise MergeRuntimeError(
                 f"internal: {len(self._order) - self._position} planned tensors were never written"
@@ -247,6 +284,7 @@ class DiskSink:
         return self.out_dir
 
     def close(self) -> None:
+        self._stop_writer()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -1,10 +1,12 @@
 """The single ``mergesearch`` entry point.
 
 Each subcommand lives in its own module under ``search/commands/`` and exposes
-``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; adding a command is adding a
-module to ``COMMAND_MODULES``. Errors that users can fix (``MergeError`` subclasses and other
-``*Error`` types with an ``exit_code``) become one line on stderr and exit 2 (bad input) or 1
-(runtime failure); ``--debug`` shows the traceback instead.
+``add_arguments(parser)`` and ``run(args) -> int``; adding a command is adding its module to
+``COMMANDS``. Only the chosen command's module is imported: the others pull in Optuna,
+SQLAlchemy or transformers, seconds of imports that a ``mergesearch merge`` never uses, and
+``--help`` lists every command from the table alone. Errors that users can fix (``MergeError``
+subclasses and other ``*Error`` types with an ``exit_code``) become one line on stderr and exit 2
+(bad input) or 1 (runtime failure); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,41 +17,66 @@ import logging
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = [
-    "search.commands.merge",
-    "search.commands.search",
-    "search.commands.status",
-    "search.commands.demo",
-    "search.commands.dashboard",
-    "search.commands.report",
-    "search.commands.export",
-    "search.commands.upload",
-]
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "merge": (
+        "search.commands.merge",
+        "run one merge from a mergekit-style YAML into a Hugging Face model folder",
+    ),
+    "search": (
+        "search.commands.search",
+        "run (or resume) an evolutionary/Bayesian search over merge recipes",
+    ),
+    "status": (
+        "search.commands.status",
+        "show a study's trials: state, parameters, scores, timings, best so far",
+    ),
+    "demo": (
+        "search.commands.demo",
+        "build the tiny demo models if missing and run the demo search end to end",
+    ),
+    "dashboard": (
+        "search.commands.dashboard",
+        "serve optuna-dashboard on a study, each trial's merge config attached (127.0.0.1)",
+    ),
+    "report": (
+        "search.commands.report",
+        "write report.html (self-contained, offline) and PNG plots of a study",
+    ),
+    "export": (
+        "search.commands.export",
+        "rebuild a trial's merged model (default: the best) with its mergekit YAML and model card",
+    ),
+    "upload": (
+        "search.commands.upload",
+        "upload a model folder to the Hugging Face Hub (token from HF_TOKEN or the login cache)",
+    ),
+}
 
 
-def _available_commands() -> list:
-    modules = []
-    for name in COMMAND_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as err:
-            if err.name != name:  # a real missing dependency inside the module: surface it
-                raise
-    return modules
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), if known."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command listed and ``command``'s arguments (its module imported)."""
     parser = argparse.ArgumentParser(
         prog="mergesearch",
         description="Search over LLM merge recipes, run one-off mergekit-style merges, ship the best.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _available_commands():
-        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-        module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
     return parser
 
 
@@ -60,7 +87,8 @@ def _user_error_exit_code(err: BaseException) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

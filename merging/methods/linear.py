@@ -10,6 +10,7 @@ import torch
 from merging.errors import ConfigError
 from merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
 from merging.methods.primitives import weighted_sum
+from merging.methods.selection import blocks
 
 
 def linear(
@@ -20,16 +21,21 @@ def linear(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     weights = [float(p["weight"]) for p in per_model]
-    merged = weighted_sum(inputs, weights)
-    if params["normalize"]:
-        total = sum(weights)
-        if abs(total) < 1e-8:
-            raise ConfigError(
-                f"linear: weights sum to {total}, so normalize: true would divide by zero; "
-                "change the weights or set normalize: false"
-            )
-        merged /= total
-    return merged.to(inputs[0].dtype)
+    total = sum(weights)
+    if params["normalize"] and abs(total) < 1e-8:
+        raise ConfigError(
+            f"linear: weights sum to {total}, so normalize: true would divide by zero; "
+            "change the weights or set normalize: false"
+        )
+    flats = [x.detach().reshape(-1) for x in inputs]
+    out = torch.empty_like(flats[0])
+    # block by block: the sum reads each input once and writes the output once
+    for sl in blocks(out.numel()):
+        merged = weighted_sum([x[sl] for x in flats], weights)
+        if params["normalize"]:
+            merged /= total
+        out[sl] = merged
+    return out.reshape(inputs[0].shape)
 
 
 register(

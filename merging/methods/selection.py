@@ -1,0 +1,140 @@
+"""Exact top-k of scores that are never held whole: a threshold plus a tie limit.
+
+The merge methods score a task vector by ``|x - b|`` and keep its ``k`` largest entries. Holding
+``|x - b|`` (and a bool mask) for a 131 MB embedding costs two more tensors of that size, and a
+full ``kthvalue`` quick-selects all of it. Instead the scores are recomputed block by block
+(``ScoreSource``): a strided sample brackets the answer, one pass counts what lies above the
+bracket and collects what lies inside it, and ``kthvalue`` runs on that small band only. The
+result, ``TopK``, is a rule that reproduces the exact mask for any block: keep scores above
+``value``, and scores equal to ``value`` at flat indices below ``tie_limit`` (equal magnitudes
+go lowest index first, a deterministic total order).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+# Elements per block: 1 MiB of float32, so a block of every operand stays in cache while the
+# dozen elementwise ops of a method run over it.
+BLOCK = 1 << 18
+# Sizes above which the threshold search samples first, and the sample size.
+SAMPLE_MIN_NUMEL = 1 << 20
+SAMPLE_SIZE = 1 << 16
+
+# Flat scores for an index (a slice, possibly strided) into the flattened tensor.
+ScoreSource = Callable[[slice], torch.Tensor]
+
+
+def blocks(n: int, block: int = BLOCK) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)``."""
+    for start in range(0, n, block):
+        yield slice(start, min(n, start + block))
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The rule "in the top k": ``score > value``, or ``score == value`` at index < ``tie_limit``.
+
+    ``value = -inf`` with ``tie_limit = n`` keeps everything; ``value = inf`` with
+    ``tie_limit = 0`` keeps nothing.
+    """
+
+    value: float
+    tie_limit: int
+
+    def cut(self, start: int, length: int) -> float | None:
+        """``c`` with "in the top k" == ``score > c`` on the block ``[start, start + length)``;
+        ``None`` for the one block where the tie limit falls inside (use ``mask`` there).
+
+        Lets callers apply the rule with float ops (``torch.threshold``), several times cheaper
+        than making and applying a bool mask.
+        """
+        local = self.tie_limit - start
+        if local <= 0:
+            return self.value
+        if local >= length:
+            return _float32_below(self.value)  # score >= value
+        return None
+
+    def mask(self, scores: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The rule on the flat block of scores that begins at flat index ``start``."""
+        local = self.tie_limit - start
+        if local <= 0:
+            return scores > self.value
+        if local >= scores.numel():
+            return scores >= self.value
+        keep = scores > self.value
+        keep[:local] |= scores[:local] == self.value
+        return keep
+
+
+def _float32_below(value: float) -> float:
+    """The largest float32 below ``value``: ``x >= value`` iff ``x > below`` for float32 x."""
+    here = torch.tensor(value, dtype=torch.float32)
+    return float(torch.nextafter(here, torch.tensor(-math.inf, dtype=torch.float32)))
+
+
+def float32_above(value: float) -> float:
+    """The smallest float32 above ``value``: ``x <= value`` iff ``x < above`` for float32 x."""
+    here = torch.tensor(value, dtype=torch.float32)
+    return float(torch.nextafter(here, torch.tensor(math.inf, dtype=torch.float32)))
+
+
+def select_top_k(source: ScoreSource, n: int, k: int) -> TopK:
+    """The exact ``k`` largest of ``n`` scores (equal values lowest index first) as a rule."""
+    if k >= n:
+        return TopK(-math.inf, n)
+    if k <= 0:
+        return TopK(math.inf, 0)
+    value, above, equal = kth_largest(source, n, k)
+    ties = k - above  # how many entries equal to value are in the top k (>= 1)
+    if ties >= equal:
+        return TopK(value, n)
+    seen = 0
+    for sl in blocks(n):
+        where = torch.nonzero(source(sl) == value).squeeze(1)
+        if seen + where.numel() >= ties:
+            return TopK(value, sl.start + int(where[ties - seen - 1]) + 1)
+        seen += where.numel()
+    raise AssertionError("unreachable: fewer equal scores than counted")
+
+
+def kth_largest(source: ScoreSource, n: int, k: int) -> tuple[float, int, int]:
+    """The ``k``-th largest score (``1 <= k <= n``), exact, with the counts of scores above and
+    equal to it.
+
+    Small inputs: one ``kthvalue``. Large ones: quantiles of a strided sample bracket the answer
+    (six standard errors either side); one pass counts the scores above the bracket and gathers
+    those inside; ``kthvalue`` on that band gives the answer, and every score equal to it lies in
+    the band. When the bracket misses (a sample that misleads), fall back to the full scores.
+    """
+    if n >= SAMPLE_MIN_NUMEL:
+        sample = source(slice(None, None, n // SAMPLE_SIZE))
+        m = sample.numel()
+        q = 1.0 - k / n  # quantile of the answer among all scores
+        margin = 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
+        lo_rank = min(m, max(1, math.floor((q - margin) * m)))
+        hi_rank = min(m, max(1, math.ceil((q + margin) * m)))
+        lo = float(torch.kthvalue(sample, lo_rank).values)
+        hi = float(torch.kthvalue(sample, hi_rank).values)
+        above_hi = 0
+        parts: list[torch.Tensor] = []
+        for sl in blocks(n):
+            scores = source(sl)
+            above_hi += int(torch.count_nonzero(scores > hi))
+            parts.append(scores[(scores >= lo) & (scores <= hi)])
+        band = torch.cat(parts)
+        need = k - above_hi  # rank of the answer, counted from the top of the band
+        if 1 <= need <= band.numel():
+            return _counted(band, band.numel() - need + 1, above_hi)
+    return _counted(source(slice(None)), n - k + 1, 0)
+
+
+def _counted(scores: torch.Tensor, rank: int, above_offset: int) -> tuple[float, int, int]:
+    value = float(torch.kthvalue(scores, rank).values)
+    above = above_offset + int(torch.count_nonzero(scores > value))
+    return value, above, int(torch.count_nonzero(scores == value))
