@@ -86,6 +86,11 @@ def _user_error_exit_code(err: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+# what running the same command again does after Ctrl-C: a study keeps its finished trials;
+# other outputs appear only when complete, so there is nothing to pick up
+RESUME_HINTS = {"search": "resume the study", "demo": "resume the demo"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(chosen_command(argv))
@@ -94,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("mergesearch: interrupted", file=sys.stderr)
+        hint = RESUME_HINTS.get(args.command, "start over (nothing half-written was kept)")
+        print(
+            f"mergesearch: interrupted; run the same command again to {hint}",
+            file=sys.stderr,
+        )
         return 130
     except Exception as err:
         code = _user_error_exit_code(err)
