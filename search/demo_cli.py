@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from search.demo_models import available_cores, build_demo_family, default_demo_dir
+from search.demo_models import build_demo_family, default_demo_dir
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder holding seed<k>/ (default: $MERGESEARCH_DEMO_DIR or ./results/demo-models)",
     )
-    parser.add_argument("--threads", type=int, help="torch threads (default: every core)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
 
 
@@ -38,9 +38,7 @@ def demo_build_command(args: argparse.Namespace) -> int:
     seeds = args.seed if isinstance(args.seed, list) else [args.seed]
     for seed in seeds:
         started = time.perf_counter()
-        family = build_demo_family(
-            out, seed=seed, threads=args.threads or available_cores(), force=args.force
-        )
+        family = build_demo_family(out, seed=seed, threads=args.threads, force=args.force)
         took = time.perf_counter() - started
         how = (
             f"cached (built in {family.build_seconds:.0f} s), loaded in {took:.1f} s"

@@ -94,16 +94,6 @@ class DemoFamily:
     cached: bool = False
 
 
-def available_cores() -> int:
-    """Cores this process may use (the affinity mask, not the machine's count): training the
-    family is the one step that gains from all of them (1.5x on 2 cores). Results do not depend
-    on the thread count: 1 and 2 threads trained the same weights bit for bit here."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def default_demo_dir() -> Path:
     """``$MERGESEARCH_DEMO_DIR`` if set, else ``results/demo-models`` under the current directory."""
     env = os.environ.get(DEMO_DIR_ENV)

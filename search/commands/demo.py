@@ -29,11 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=int, help="trials of the search (default: the spec's)")
     parser.add_argument("--sampler", choices=SAMPLERS, help="override the demo spec's sampler")
     parser.add_argument("--storage", help="study storage URL (default: results/<study>/study.db)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="torch threads (default: every core to build the family, the spec's 1 to search)",
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--fresh", action="store_true", help="delete an earlier demo study first")
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
     sub = parser.add_subparsers(dest="demo_command", metavar="{build}")
@@ -60,13 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
         return demo_build_command(args)
 
-    from search.demo_models import (
-        DemoRecipe,
-        available_cores,
-        build_demo_family,
-        default_demo_dir,
-        load_demo_family,
-    )
+    from search.demo_models import DemoRecipe, build_demo_family, default_demo_dir, load_demo_family
     from search.study import run_search
 
     _check_flags(args)
@@ -75,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if load_demo_family(root, DemoRecipe(), args.seed) is None:
         print(f"building the demo family in {root} (a few minutes on one core) ...", flush=True)
     # the search scores the sources itself (baselines): skip the family's own table
-    family = build_demo_family(
-        seed=args.seed, threads=args.threads or available_cores(), evaluate=False
-    )
+    family = build_demo_family(seed=args.seed, threads=args.threads, evaluate=False)
     how = "cached" if family.cached else f"built in {time.perf_counter() - started:.0f} s"
     print(f"demo family seed {args.seed} at {family.root} ({how})")
     data = demo_spec(family, args.seed)
