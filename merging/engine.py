@@ -106,7 +106,11 @@ class Merger:
         self.trust_remote_code = trust_remote_code
         # tensors computed at once (None: torch's thread count when a merge starts)
         self.threads = threads
-        tune_allocator()
+        if cache_bytes == 0:
+            # A streaming merge recycles blocks of a few sizes: worth a heap that keeps them.
+            # With a cache, evicted tensors leave holes such a heap never returns: a search on
+            # the 0.4B family grew 1.3 GiB past its cache bound that way (bench/search_memory.py).
+            tune_allocator()
         self._plans: OrderedDict[str, MergePlan] = OrderedDict()
 
     # -- planning ------------------------------------------------------------------------------
