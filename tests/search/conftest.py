@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.search import probe
+from tests.search.fake_study import shared_study
 
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
@@ -112,3 +113,17 @@ def make_spec(paths: dict[str, str], tmp_path: Path, **changes: Any) -> dict[str
     }
     spec.update(changes)
     return spec
+
+
+# finished studies on the tiny models (single-objective and Pareto), shared by the report and
+# export tests
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return shared_study(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pareto(tmp_path_factory):
+    return shared_study(tmp_path_factory, pareto=True)

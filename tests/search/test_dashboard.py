@@ -13,21 +13,15 @@ import urllib.request
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna_dashboard import get_note, save_note
 
 from search import dashboard
 from search.locate import open_study
 from search.trials import pick_trial
 from tests.search.browser import needs_chromium, render
-from tests.search.fake_study import make_study, shared_study
+from tests.search.fake_study import make_study
 
 READY_TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    return shared_study(tmp_path_factory)
 
 
 def _get(url: str) -> bytes:

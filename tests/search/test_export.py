@@ -19,17 +19,7 @@ from search import model_card
 from search.cli import main
 from search.export import yaml_path_for
 from tests.helpers.tiny_models import load_state
-from tests.search.fake_study import make_study, shared_study
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    return shared_study(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pareto(tmp_path_factory):
-    return shared_study(tmp_path_factory, pareto=True)
+from tests.search.fake_study import make_study
 
 
 def _front_matter(text: str) -> dict:

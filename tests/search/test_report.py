@@ -10,19 +10,8 @@ from plotly.offline import get_plotlyjs
 
 from search.cli import main
 from tests.search.browser import needs_chromium, render
-from tests.search.fake_study import shared_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    return shared_study(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pareto(tmp_path_factory):
-    return shared_study(tmp_path_factory, pareto=True)
 
 
 @pytest.fixture(scope="module")
