@@ -16,13 +16,19 @@ from tests.evaluators.direct import continuation_logprob, greedy
 
 MAX_GEN = 6
 
-GEN_YAML = """\
+# what every local test task shares: its name and the JSONL file next to the YAML
+TASK_HEADER = """\
 task: {name}
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: data/{name}.jsonl
 test_split: test
+"""
+
+GEN_YAML = (
+    TASK_HEADER
+    + """\
 output_type: generate_until
 doc_to_text: "{{{{prompt}}}}"
 doc_to_target: "{{{{answer}}}}"
@@ -40,14 +46,11 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+)
 
-MC_YAML = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: data/{name}.jsonl
-test_split: test
+MC_YAML = (
+    TASK_HEADER
+    + """\
 output_type: multiple_choice
 doc_to_text: "{{{{prompt}}}}"
 doc_to_choice: "{{{{choices}}}}"
@@ -57,6 +60,7 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+)
 
 
 def _words(n: int, seed: int) -> list[str]:
