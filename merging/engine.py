@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
+import threading
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +28,7 @@ from merging.config import MergeConfig, load_merge_config
 from merging.errors import ConfigError, MergeRuntimeError
 from merging.methods.selection import blocks
 from merging.plan import MergePlan, TensorJob, TensorRef, _Planner
-from merging.runtime import single_threaded_ops, tune_allocator
+from merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
 from merging.sinks import DiskSink, ModelSink, TensorSink, parse_size
 
 log = logging.getLogger(__name__)
@@ -66,28 +68,62 @@ def tensor_seed(seed: int, name: str) -> int:
 
 
 class _TensorCache:
-    """LRU of source tensors by (model, name), bounded in bytes; 0 disables it."""
+    """LRU of source tensors by (model, name) whose bound also covers the jobs in flight.
+
+    The executor ``reserve``s the bytes of every job it starts (inputs, dtype copies, result)
+    and ``release``s them when the result has been handed over; the cache keeps
+    ``bytes + reserved <= max_bytes`` by evicting its oldest entries, so the source tensors and
+    results the engine holds never exceed the bound, whether cached or in flight (a job that
+    alone exceeds it runs alone). Inputs that are also cached count twice: the bound errs on
+    the safe side. ``max_bytes`` 0 disables both (a streaming merge holds a few jobs).
+    """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.reserved = 0
+        self.high_water = 0  # the most bytes + reserved ever reached after eviction
         self._items: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # the reader thread puts, the executor reserves
 
     def get(self, key: tuple[str, str]) -> torch.Tensor | None:
-        tensor = self._items.get(key)
-        if tensor is not None:
-            self._items.move_to_end(key)
-        return tensor
+        with self._lock:
+            tensor = self._items.get(key)
+            if tensor is not None:
+                self._items.move_to_end(key)
+            return tensor
 
     def put(self, key: tuple[str, str], tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if size > self.max_bytes:
-            return
-        self._items[key] = tensor
-        self.bytes += size
-        while self.bytes > self.max_bytes:
+        size = _nbytes(tensor)
+        with self._lock:
+            if key in self._items or size + self.reserved > self.max_bytes:
+                return
+            self._items[key] = tensor
+            self.bytes += size
+            self._shrink()
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more can be reserved without passing the bound."""
+        return self.reserved + nbytes <= self.max_bytes
+
+    def reserve(self, nbytes: int) -> None:
+        with self._lock:
+            self.reserved += nbytes
+            self._shrink()
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.reserved -= nbytes
+
+    def _shrink(self) -> None:
+        while self._items and self.bytes + self.reserved > self.max_bytes:
             _, old = self._items.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+            self.bytes -= _nbytes(old)
+        self.high_water = max(self.high_water, self.bytes + self.reserved)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 class Merger:
@@ -106,11 +142,12 @@ class Merger:
         self.trust_remote_code = trust_remote_code
         # tensors computed at once (None: torch's thread count when a merge starts)
         self.threads = threads
+        # A streaming merge recycles blocks of a few sizes: worth a heap that keeps them. A
+        # cache evicts tensors of every size, and such a heap would keep their holes.
         if cache_bytes == 0:
-            # A streaming merge recycles blocks of a few sizes: worth a heap that keeps them.
-            # With a cache, evicted tensors leave holes such a heap never returns: a search on
-            # the 0.4B family grew 1.3 GiB past its cache bound that way (bench/search_memory.py).
             tune_allocator()
+        else:
+            release_freed_memory()
         self._plans: OrderedDict[str, MergePlan] = OrderedDict()
 
     # -- planning ------------------------------------------------------------------------------
@@ -210,6 +247,19 @@ class Merger:
             return self.checkpoints.get(ref.model).tensors[ref.name].dtype
         return plan.out_dtype
 
+    def _job_bytes(self, plan: MergePlan, job: TensorJob) -> int:
+        """What a job holds while in flight: its inputs, their compute-dtype copies, its result."""
+        refs = [*job.inputs, *([job.base] if job.base is not None else [])]
+        total = math.prod(job.shape) * plan.out_dtype.itemsize if job.mergeable else 0
+        for ref in refs:
+            info = self.checkpoints.get(ref.model).tensors[ref.name]
+            numel = math.prod(info.shape)
+            total += numel * (info.dtype.itemsize if info.dtype is not None else 0)
+            compute = plan.compute_dtype
+            if job.mergeable and compute is not None and compute != info.dtype:
+                total += numel * compute.itemsize
+        return total
+
     def _read(self, ref: TensorRef) -> torch.Tensor:
         key = (ref.model, ref.name)
         tensor = self.cache.get(key)
@@ -241,37 +291,50 @@ class Merger:
             disable=not progress,
             leave=False,
         )
+        # with a cache, the jobs in flight count against its bound (see _TensorCache)
+        budgeted = self.cache.max_bytes > 0
+        costs = [self._job_bytes(plan, job) if budgeted else 0 for job in plan.jobs]
         with (
             single_threaded_ops(),
             ThreadPoolExecutor(1, thread_name_prefix="prefetch") as reader,
             ThreadPoolExecutor(workers, thread_name_prefix="merge") as pool,
         ):
-            in_flight: deque[Future] = deque()
-            upcoming = iter(plan.jobs)
+            in_flight: deque[tuple[Future, int]] = deque()
+            submitted = 0
 
-            def submit(job: TensorJob) -> Future:
-                read = reader.submit(self._read_job, job)
-                return pool.submit(self._compute_when_read, plan, job, read, seed)
+            def may_start(cost: int) -> bool:
+                if len(in_flight) >= workers + PREFETCH_JOBS:
+                    return False
+                return not budgeted or not in_flight or self.cache.has_room(cost)
 
+            current = 0  # bytes reserved by the job whose result is being handed over
             try:
                 for job in plan.jobs:
-                    while len(in_flight) < workers + PREFETCH_JOBS and (
-                        ahead := next(upcoming, None)
-                    ):
-                        in_flight.append(submit(ahead))
-                    result = in_flight.popleft().result()
+                    while submitted < len(plan.jobs) and may_start(costs[submitted]):
+                        ahead = plan.jobs[submitted]
+                        self.cache.reserve(costs[submitted])
+                        read = reader.submit(self._read_job, ahead)
+                        computed = pool.submit(self._compute_when_read, plan, ahead, read, seed)
+                        in_flight.append((computed, costs[submitted]))
+                        submitted += 1
+                    future, current = in_flight.popleft()
+                    result = future.result()
                     if check_finite and not _finite(result):
                         raise NonFiniteError(
                             f"merged tensor {job.out_name!r} contains NaN or inf; the merge "
                             "parameters are unusable (check weights, lambda and the sources)"
                         )
                     sink.write(job.out_name, result)
-                    written += result.numel() * result.element_size()
+                    written += _nbytes(result)
                     del result
+                    self.cache.release(current)
+                    current = 0
                     bar.update()
             finally:
-                for future in in_flight:  # a failed merge: skip work nobody will use
+                self.cache.release(current)
+                for future, cost in in_flight:  # a failed merge: skip work nobody will use
                     future.cancel()
+                    self.cache.release(cost)
         bar.close()
         return MergeStats(time.perf_counter() - start, len(plan.jobs), written)
 

@@ -117,6 +117,11 @@ def _(c: Ctx) -> list[str]:
     return c.merge(data)
 
 
+@case("merge: a weight beyond float32", 2, "merge.yaml", "weight 1e+39", "use a value between")
+def _(c: Ctx) -> list[str]:
+    return c.merge(c.ties("a", "b", weight=1e39))
+
+
 @case("merge: empty model list", 2, "models", "non-empty list")
 def _(c: Ctx) -> list[str]:
     return c.merge({**c.ties("a"), "models": []})

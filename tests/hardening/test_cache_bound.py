@@ -1,17 +1,20 @@
-"""The search's tensor cache holds at most ``cache_gb``: a search's memory is that bound plus
-one live model plus the tensors in flight (measured at scale by ``bench/search_memory.py``)."""
+"""The search's tensor cache bounds what the engine holds: cached source tensors plus the inputs
+and results of the jobs in flight stay under ``cache_gb``, so a search's memory is that bound
+plus one live model (measured at scale by ``bench/search_memory.py``)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import merging
+from merging.engine import NonFiniteError
 from search.spec import load_spec
 from tests.search.conftest import make_spec
 
 
-def _config(models, weight: float) -> dict:
-    refs = [{"model": str(models[k]), "parameters": {"weight": weight}} for k in ("a", "b")]
+def _config(models, weight: float, sources: tuple[str, str] = ("a", "b")) -> dict:
+    refs = [{"model": str(models[k]), "parameters": {"weight": weight}} for k in sources]
     return {"models": refs, "merge_method": "linear"}
 
 
@@ -30,6 +33,38 @@ def test_cache_evicts_at_the_bound(models):
     unbounded = merging.Merger(cache_bytes=2**30)
     unbounded.merge_into(_config(models, 0.5), model)
     assert unbounded.cache.bytes == 2 * total  # every tensor of both sources
+
+
+def test_jobs_in_flight_count_against_the_bound(models):
+    merger = merging.Merger(cache_bytes=2**30, threads=2)
+    config = _config(models, 0.5)
+    plan = merger.plan(config)
+    job_bytes = [merger._job_bytes(plan, job) for job in plan.jobs]
+    bound = 3 * max(job_bytes)  # room for a few jobs at once, far from all of them
+    assert bound < sum(job_bytes) / 2
+    merger.cache.max_bytes = bound
+    model = merger.new_model(config)
+    for weight in (0.3, 0.5, 0.7):
+        merger.merge_into(_config(models, weight), model)
+        assert merger.cache.reserved == 0  # every job handed back what it reserved
+    assert max(job_bytes) < merger.cache.high_water <= bound  # jobs overlapped, within it
+
+    with pytest.raises(NonFiniteError):  # a failed merge releases its jobs too
+        merger.merge_into(_config(models, 0.5, ("a", "nan")), model)  # NaN in one layer
+    assert merger.cache.reserved == 0 and merger.cache.bytes <= bound
+
+
+def test_a_job_larger_than_the_bound_runs_alone(models):
+    merger = merging.Merger(cache_bytes=1)
+    model = merger.new_model(_config(models, 0.5))
+    merger.merge_into(_config(models, 0.5), model)
+    assert merger.cache.bytes == 0 and merger.cache.reserved == 0
+    reference = merging.Merger(cache_bytes=0).new_model(_config(models, 0.5))
+    merging.Merger(cache_bytes=0).merge_into(_config(models, 0.5), reference)
+    for (name, got), want in zip(
+        model.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        assert torch.equal(got, want), name
 
 
 def test_a_tensor_larger_than_the_bound_is_not_cached():
