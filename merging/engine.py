@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from merging.checkpoint import CheckpointSet
 from merging.config import MergeConfig, load_merge_config
 from merging.errors import ConfigError, MergeRuntimeError
-from merging.methods.selection import blocks
 from merging.plan import MergePlan, TensorJob, TensorRef, _Planner
 from merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
 from merging.sinks import DiskSink, ModelSink, TensorSink, parse_size
@@ -314,16 +313,13 @@ class Merger:
                         ahead = plan.jobs[submitted]
                         self.cache.reserve(costs[submitted])
                         read = reader.submit(self._read_job, ahead)
-                        computed = pool.submit(self._compute_when_read, plan, ahead, read, seed)
+                        computed = pool.submit(
+                            self._compute_when_read, plan, ahead, read, seed, check_finite
+                        )
                         in_flight.append((computed, costs[submitted]))
                         submitted += 1
                     future, current = in_flight.popleft()
                     result = future.result()
-                    if check_finite and not _finite(result):
-                        raise NonFiniteError(
-                            f"merged tensor {job.out_name!r} contains NaN or inf; the merge "
-                            "parameters are unusable (check weights, lambda and the sources)"
-                        )
                     sink.write(job.out_name, result)
                     written += _nbytes(result)
                     del result
@@ -339,10 +335,17 @@ class Merger:
         return MergeStats(time.perf_counter() - start, len(plan.jobs), written)
 
     def _compute_when_read(
-        self, plan: MergePlan, job: TensorJob, read: Future, seed: int
+        self, plan: MergePlan, job: TensorJob, read: Future, seed: int, check_finite: bool
     ) -> torch.Tensor:
+        """A worker's whole share of a job: wait for its inputs, merge, check the result."""
         inputs, base = read.result()
-        return self._compute(plan, job, inputs, base, seed)
+        result = self._compute(plan, job, inputs, base, seed)
+        if check_finite and not _finite(result):
+            raise NonFiniteError(
+                f"merged tensor {job.out_name!r} contains NaN or inf; the merge "
+                "parameters are unusable (check weights, lambda and the sources)"
+            )
+        return result
 
     def _compute(
         self,
@@ -369,10 +372,11 @@ class Merger:
 
 
 def _finite(tensor: torch.Tensor) -> bool:
-    if not tensor.is_floating_point():
+    """No NaN or inf: one min/max pass (NaN propagates into both), no temporary mask."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
         return True
-    flat = tensor.reshape(-1)
-    return all(bool(torch.isfinite(flat[sl]).all()) for sl in blocks(flat.numel()))
+    low, high = torch.aminmax(tensor.reshape(-1))
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def _as_config(config: MergeConfig | dict | str | Path) -> MergeConfig:
