@@ -26,6 +26,7 @@ _SAMPLE_SIZE = S.SAMPLE_SIZE
 SLERP_DOT_THRESHOLD = 0.9995
 SLERP_NORM_EPS = 1e-8
 RESCALE_EPS = 1e-7
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -244,8 +245,16 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
         raise ValueError(f"{len(tensors)} tensors but {len(weights)} weights")
     acc = tensors[0].to(accumulation_dtype(tensors[0].dtype)) * float(weights[0])
     for x, w in zip(tensors[1:], weights[1:], strict=True):
-        acc.add_(x, alpha=float(w))
+        acc.add_(x, alpha=float32_scalar(w))
     return acc
+
+
+def float32_scalar(value: float) -> float:
+    """``value`` as an ``alpha=`` for float32 ops: beyond float32's range it is +-inf, which
+    makes the result inf (refused later as unusable) instead of torch raising on the cast."""
+    return (
+        value if abs(value) <= FLOAT32_MAX or math.isnan(value) else math.copysign(math.inf, value)
+    )
 
 
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,9 @@ def _consensus_block(
             mixed.add_(agreeing)
         if with_divisor:
             agrees = agreeing.sign_()
-            divisor = agrees * w if divisor is None else divisor.add_(agrees, alpha=w)
+            divisor = (
+                agrees * w if divisor is None else divisor.add_(agrees, alpha=P.float32_scalar(w))
+            )
             count = agrees if count is None else count.add_(agrees)
     assert mixed is not None
     mixed.mul_(sign)
