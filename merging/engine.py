@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import threading
 import time
@@ -28,7 +27,7 @@ from merging.config import MergeConfig, load_merge_config
 from merging.errors import ConfigError, MergeRuntimeError
 from merging.plan import MergePlan, TensorJob, TensorRef, _Planner
 from merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
-from merging.sinks import DiskSink, ModelSink, TensorSink, parse_size
+from merging.sinks import DiskSink, ModelSink, TensorSink, nbytes, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class _TensorCache:
             return tensor
 
     def put(self, key: tuple[str, str], tensor: torch.Tensor) -> None:
-        size = _nbytes(tensor)
+        size = tensor.nbytes
         with self._lock:
             if key in self._items or size + self.reserved > self.max_bytes:
                 return
@@ -117,12 +116,8 @@ class _TensorCache:
     def _shrink(self) -> None:
         while self._items and self.bytes + self.reserved > self.max_bytes:
             _, old = self._items.popitem(last=False)
-            self.bytes -= _nbytes(old)
+            self.bytes -= old.nbytes
         self.high_water = max(self.high_water, self.bytes + self.reserved)
-
-
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
 
 
 class Merger:
@@ -249,14 +244,14 @@ class Merger:
     def _job_bytes(self, plan: MergePlan, job: TensorJob) -> int:
         """What a job holds while in flight: its inputs, their compute-dtype copies, its result."""
         refs = [*job.inputs, *([job.base] if job.base is not None else [])]
-        total = math.prod(job.shape) * plan.out_dtype.itemsize if job.mergeable else 0
+        total = nbytes(job.shape, plan.out_dtype) if job.mergeable else 0
+        compute = plan.compute_dtype if job.mergeable else None
         for ref in refs:
             info = self.checkpoints.get(ref.model).tensors[ref.name]
-            numel = math.prod(info.shape)
-            total += numel * (info.dtype.itemsize if info.dtype is not None else 0)
-            compute = plan.compute_dtype
-            if job.mergeable and compute is not None and compute != info.dtype:
-                total += numel * compute.itemsize
+            if info.dtype is not None:
+                total += nbytes(info.shape, info.dtype)
+            if compute is not None and compute != info.dtype:
+                total += nbytes(info.shape, compute)
         return total
 
     def _read(self, ref: TensorRef) -> torch.Tensor:
@@ -321,7 +316,7 @@ class Merger:
                     future, current = in_flight.popleft()
                     result = future.result()
                     sink.write(job.out_name, result)
-                    written += _nbytes(result)
+                    written += result.nbytes
                     del result
                     self.cache.release(current)
                     current = 0

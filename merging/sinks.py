@@ -11,6 +11,7 @@ finished.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import shutil
@@ -126,12 +127,12 @@ def _layout(
     groups: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
     used = 0
     for entry in entries:
-        nbytes = _nbytes(entry[1], entry[2])
-        if groups[-1] and used + nbytes > shard_size:
+        size = nbytes(entry[1], entry[2])
+        if groups[-1] and used + size > shard_size:
             groups.append([])
             used = 0
         groups[-1].append(entry)
-        used += nbytes
+        used += size
     shards = []
     for i, group in enumerate(groups):
         filename = (
@@ -142,7 +143,7 @@ def _layout(
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for name, shape, dtype in group:
-            end = offset + _nbytes(shape, dtype)
+            end = offset + nbytes(shape, dtype)
             header[name] = {
                 "dtype": SAFETENSORS_NAMES[dtype],
                 "shape": list(shape),
@@ -155,11 +156,9 @@ def _layout(
     return shards
 
 
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    n = torch.tensor([], dtype=dtype).element_size()
-    for d in shape:
-        n *= d
-    return n
+def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes a tensor of ``shape`` and ``dtype`` holds."""
+    return math.prod(shape) * dtype.itemsize
 
 
 class DiskSink:
@@ -275,7 +274,7 @@ class DiskSink:
             )
         if len(self.shards) > 1:
             weight_map = {name: s.filename for s in self.shards for name in s.names}
-            total = sum(_nbytes(shape, dtype) for _, shape, dtype in self.entries)
+            total = sum(nbytes(shape, dtype) for _, shape, dtype in self.entries)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         _fsync_tree(self.tmp)

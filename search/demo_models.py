@@ -14,8 +14,8 @@ trains on until it knows each target a little (probe exact match 0.2 for ``rev``
 
 Everything is deterministic for a given seed, thread count and CPU (tokenizer, data order,
 initialisation; another CPU's matrix kernels sum in another order and train another family),
-and a family is cached: ``manifest.json``, written last, records the recipe hash and the table, and a
-second call with the same recipe and seed returns it without training.
+and a family is cached: ``manifest.json``, written last, records the recipe hash and the table,
+and a second call with the same recipe and seed returns it without training.
 """
 
 from __future__ import annotations
@@ -353,10 +353,9 @@ def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
         probe = [next(words) for _ in range(recipe.probe_words)]
         # Whether the base picks up the rare target tasks at all varies with the seed; the
         # specialists' task vectors only add up when it knows each of them a little. So keep
-        # training it until each target reaches `base_floor` on the probe, boosting only the
+        # training it until each target reaches its `base_floors` value on the probe, boosting only the
         # targets still below it (`up` is learnt much faster than `rev` and would overshoot).
         mixture = base_mixture(recipe)
-
         floors = dict(recipe.base_floors)
 
         def knows_targets(model: LlamaForCausalLM) -> bool:
