@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.demo_models import build_demo_family, default_demo_dir
-from search.demo_table import (
+from mergesearch.search.demo.family import build_demo_family, default_demo_dir
+from mergesearch.search.demo.table import (
     DemoScorer,
     describe,
     linear_config,

@@ -56,7 +56,7 @@ def run_once(spec: Path, name: str, workers: int, trials: int, storage: str) -> 
     started = time.perf_counter()
     run = subprocess.run(
         [
-            *(sys.executable, "-m", "search.cli", "search", str(spec), "--no-progress"),
+            *(sys.executable, "-m", "mergesearch", "search", str(spec), "--no-progress"),
             *("--n-trials", str(trials), "--workers", str(workers), "--storage", storage),
         ],
         cwd=ROOT,
@@ -96,8 +96,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS_distributed.md")
     args = parser.parse_args()
 
-    from search.commands.demo import demo_spec
-    from search.demo_models import DemoRecipe, default_demo_dir, load_demo_family
+    from mergesearch.search.cli.demo import demo_spec
+    from mergesearch.search.demo.family import DemoRecipe, default_demo_dir, load_demo_family
 
     root = default_demo_dir() / "seed0"
     family = load_demo_family(root, DemoRecipe(), 0)

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-import evaluators
-from search import demo_tasks
-from search.demo_models import build_demo_family, load_demo_family
+from mergesearch import evaluators
+from mergesearch.search.demo import tasks as demo_tasks
+from mergesearch.search.demo.family import build_demo_family, load_demo_family
 
 TASKS = [demo_tasks.task_name(t, "search") for t in demo_tasks.EVAL_TASKS]
 

@@ -377,7 +377,7 @@ def measure_io_floor(
 
 def mergesearch_cmd(config: Path, out: Path, threads: int) -> list[str]:
     exe = Path(sys.executable).parent / "mergesearch"
-    head = [str(exe)] if exe.is_file() else [sys.executable, "-m", "search.cli"]
+    head = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mergesearch"]
     return [*head, "merge", str(config), str(out), "--threads", str(threads), "--seed", "0",
             "--no-progress", "--overwrite"]  # fmt: skip
 

@@ -31,7 +31,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from evaluators import EvalResult  # noqa: E402
+from mergesearch.evaluators import EvalResult  # noqa: E402
 
 FAMILY = REPO_ROOT / "bench" / "out" / "models" / "full"
 RESULTS = REPO_ROOT / "bench" / "RESULTS_memory.md"
@@ -125,7 +125,7 @@ def main() -> int:
         print(f"no benchmark family in {FAMILY}; build it with bench/merge_speed.py first")
         return 1
 
-    from search import run_search
+    from mergesearch.search import run_search
 
     torch.set_num_threads(args.threads)
     model_size = model_bytes(next(p for p in sorted(FAMILY.iterdir()) if p.is_dir()))

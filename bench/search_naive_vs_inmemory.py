@@ -35,7 +35,7 @@ def naive_trial(config_yaml: str, tasks: list[str], work: Path) -> dict:
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import merging
+    from mergesearch import merging
 
     config = merging.load_merge_config(yaml.safe_load(config_yaml))
     out = work / f"candidate-{time.monotonic_ns()}"
@@ -67,7 +67,7 @@ def reload_trial(config_yaml: str, scorer, work: Path) -> float:
     import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import merging
+    from mergesearch import merging
 
     config = merging.load_merge_config(yaml.safe_load(config_yaml))
     out = work / f"reload-{time.monotonic_ns()}"
@@ -101,11 +101,11 @@ def main() -> None:
     import optuna
     import torch
 
-    from search.commands.demo import demo_spec
-    from search.demo_models import build_demo_family
-    from search.scoring import Scorer
-    from search.storage import open_storage
-    from search.study import run_search
+    from mergesearch.search.cli.demo import demo_spec
+    from mergesearch.search.demo.family import build_demo_family
+    from mergesearch.search.distributed.storage import open_storage
+    from mergesearch.search.optimize.scoring import Scorer
+    from mergesearch.search.optimize.study import run_search
 
     torch.set_num_threads(1)
     family = build_demo_family(seed=args.seed, threads=1)

@@ -48,9 +48,9 @@ def main() -> None:
 
     import torch
 
-    from search.commands.demo import demo_spec
-    from search.demo_models import build_demo_family
-    from search.study import run_search
+    from mergesearch.search.cli.demo import demo_spec
+    from mergesearch.search.demo.family import build_demo_family
+    from mergesearch.search.optimize.study import run_search
 
     torch.set_num_threads(1)
     family = build_demo_family(seed=args.family_seed, threads=1)

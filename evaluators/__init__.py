@@ -9,9 +9,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from evaluators import lm_harness, perplexity, python_callable  # noqa: F401  (they register)
-from evaluators.base import EVALUATORS, Direction, EvalResult, Evaluator, register
-from evaluators.errors import EvaluatorError, EvaluatorRuntimeError
+from mergesearch.evaluators import lm_harness, perplexity, python_callable  # noqa: F401  (they register)
+from mergesearch.evaluators.base import EVALUATORS, Direction, EvalResult, Evaluator, register
+from mergesearch.evaluators.errors import EvaluatorError, EvaluatorRuntimeError
 
 __all__ = [
     "EVALUATORS",

@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluators import runtime
-from evaluators.base import Direction, EvalResult, register
-from evaluators.errors import EvaluatorError, EvaluatorRuntimeError
+from mergesearch.configs import TASKS_DIR
+from mergesearch.evaluators import runtime
+from mergesearch.evaluators.base import Direction, EvalResult, register
+from mergesearch.evaluators.errors import EvaluatorError, EvaluatorRuntimeError
 
-DEFAULT_INCLUDE_PATH = Path(__file__).resolve().parents[1] / "configs" / "tasks"
+DEFAULT_INCLUDE_PATH = TASKS_DIR
 
 # TaskManagers indexed in this process, by (include paths, whether lm-eval's own tasks are
 # indexed too). Indexing lm-eval's ~15k built-in tasks takes 10-30 s, a local folder ~10 ms,

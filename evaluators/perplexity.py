@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluators import runtime
-from evaluators.base import Direction, EvalResult, register
-from evaluators.errors import EvaluatorError
+from mergesearch.evaluators import runtime
+from mergesearch.evaluators.base import Direction, EvalResult, register
+from mergesearch.evaluators.errors import EvaluatorError
 
 
 @register("perplexity")

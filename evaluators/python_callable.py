@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from evaluators import runtime
-from evaluators.base import Direction, EvalResult, register
-from evaluators.errors import EvaluatorError
+from mergesearch.evaluators import runtime
+from mergesearch.evaluators.base import Direction, EvalResult, register
+from mergesearch.evaluators.errors import EvaluatorError
 
 _CALL_KEYWORDS = ("limit", "seed", "samples", "per_item")
 

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from evaluators.errors import EvaluatorError
+from mergesearch.evaluators.errors import EvaluatorError
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 

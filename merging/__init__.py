@@ -5,10 +5,10 @@ repeated merges into a live model (the search). Imports nothing from ``search`` 
 ``evaluators``, nor Optuna or lm-eval.
 """
 
-from merging.config import MergeConfig, load_merge_config
-from merging.engine import Merger, MergeStats, NonFiniteError, run_merge, tensor_seed
-from merging.errors import ConfigError, MergeError, MergeRuntimeError
-from merging.methods import METHODS, BaseRole, MergeMethod, get_method
+from mergesearch.merging.config import MergeConfig, load_merge_config
+from mergesearch.merging.engine import Merger, MergeStats, NonFiniteError, run_merge, tensor_seed
+from mergesearch.merging.errors import ConfigError, MergeError, MergeRuntimeError
+from mergesearch.merging.methods import METHODS, BaseRole, MergeMethod, get_method
 
 __all__ = [
     "METHODS",

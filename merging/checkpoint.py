@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from merging.errors import ConfigError
+from mergesearch.merging.errors import ConfigError
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,

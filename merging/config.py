@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from merging.errors import ConfigError
-from merging.methods import METHODS, BaseRole
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import METHODS, BaseRole
 
 DTYPES = ("float32", "float16", "bfloat16")
 

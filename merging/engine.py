@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from merging.checkpoint import CheckpointSet
-from merging.config import MergeConfig, load_merge_config
-from merging.errors import ConfigError, MergeRuntimeError
-from merging.plan import MergePlan, TensorJob, TensorRef, _Planner
-from merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
-from merging.sinks import DiskSink, ModelSink, TensorSink, nbytes, parse_size
+from mergesearch.merging.checkpoint import CheckpointSet
+from mergesearch.merging.config import MergeConfig, load_merge_config
+from mergesearch.merging.errors import ConfigError, MergeRuntimeError
+from mergesearch.merging.plan import MergePlan, TensorJob, TensorRef, _Planner
+from mergesearch.merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
+from mergesearch.merging.sinks import DiskSink, ModelSink, TensorSink, nbytes, parse_size
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from merging.config import FilteredValue, ParamValue
+from mergesearch.merging.config import FilteredValue, ParamValue
 
 _MISSING = object()
 

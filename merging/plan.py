@@ -13,12 +13,17 @@ from typing import Any
 
 import torch
 
-from merging.architecture import DEPTH_KEYS, is_pre_layer, layer_suffixes, parse_layer_name
-from merging.checkpoint import Checkpoint, CheckpointSet
-from merging.config import InputModel, MergeConfig, Slice
-from merging.errors import ConfigError
-from merging.methods import METHODS, REQUIRED, BaseRole, MergeMethod
-from merging.parameters import LayerPosition, is_missing, resolve_parameter
+from mergesearch.merging.architecture import (
+    DEPTH_KEYS,
+    is_pre_layer,
+    layer_suffixes,
+    parse_layer_name,
+)
+from mergesearch.merging.checkpoint import Checkpoint, CheckpointSet
+from mergesearch.merging.config import InputModel, MergeConfig, Slice
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import METHODS, REQUIRED, BaseRole, MergeMethod
+from mergesearch.merging.parameters import LayerPosition, is_missing, resolve_parameter
 
 DTYPE_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 NAME_BY_DTYPE = {v: k for k, v in DTYPE_BY_NAME.items()}

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Protocol
 
 import torch
 
-from merging.errors import ConfigError, MergeRuntimeError
+from mergesearch.merging.errors import ConfigError, MergeRuntimeError
 
 SAFETENSORS_NAMES = {
     torch.float32: "F32",

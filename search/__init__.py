@@ -14,11 +14,11 @@ __all__ = ["load_spec", "run_search"]
 
 def __getattr__(name: str) -> Any:
     if name == "run_search":
-        from search.study import run_search
+        from mergesearch.search.optimize.study import run_search
 
         return run_search
     if name == "load_spec":
-        from search.spec import load_spec
+        from mergesearch.search.spec.load import load_spec
 
         return load_spec
     raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from merging.errors import ConfigError, MergeError
+from mergesearch.merging.errors import ConfigError, MergeError
 
 
 class SpecError(ConfigError):

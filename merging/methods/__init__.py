@@ -1,13 +1,13 @@
 """Merge methods: importing this package registers every method in ``METHODS``."""
 
-from merging.methods import (
+from mergesearch.merging.methods import (
     linear,
     model_stock,
     passthrough,
     slerp,
     task_arithmetic,
 )
-from merging.methods.base import METHODS, REQUIRED, BaseRole, MergeMethod, get_method
+from mergesearch.merging.methods.base import METHODS, REQUIRED, BaseRole, MergeMethod, get_method
 
 __all__ = [
     "METHODS",

@@ -80,7 +80,7 @@ def register(method: MergeMethod) -> MergeMethod:
 
 def get_method(name: str) -> MergeMethod:
     """Look a method up by its YAML name; unknown names list the known ones."""
-    from merging.errors import ConfigError
+    from mergesearch.merging.errors import ConfigError
 
     try:
         return METHODS[name]

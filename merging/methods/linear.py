@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from merging.errors import ConfigError
-from merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
-from merging.methods.primitives import weighted_sum
-from merging.methods.selection import blocks
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
+from mergesearch.merging.methods.primitives import weighted_sum
+from mergesearch.merging.methods.selection import blocks
 
 
 def linear(

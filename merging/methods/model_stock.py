@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from merging.errors import ConfigError
-from merging.methods import primitives as P
-from merging.methods.base import BaseRole, MergeMethod, register
-from merging.methods.primitives import dot
-from merging.methods.selection import BLOCK, blocks
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import primitives as P
+from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.methods.primitives import dot
+from mergesearch.merging.methods.selection import BLOCK, blocks
 
 
 def mean_pairwise_cosine(offsets: list[torch.Tensor]) -> torch.Tensor:

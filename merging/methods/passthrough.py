@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from merging.errors import ConfigError
-from merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
 
 
 def passthrough(

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from merging.errors import ConfigError
-from merging.methods import selection as S
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import selection as S
 
 # Sizes above which the threshold search samples first (see ``selection.kth_largest``).
 _SAMPLE_MIN_NUMEL = S.SAMPLE_MIN_NUMEL

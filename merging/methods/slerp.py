@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from merging.errors import ConfigError
-from merging.methods import primitives as P
-from merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import primitives as P
+from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
 
 
 def slerp(

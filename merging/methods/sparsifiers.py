@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import torch
 
-from merging.methods import primitives as P
-from merging.methods.selection import BLOCK, TopK, blocks, float32_above, select_top_k
+from mergesearch.merging.methods import primitives as P
+from mergesearch.merging.methods.selection import BLOCK, TopK, blocks, float32_above, select_top_k
 
 
 class KeepRule(Protocol):

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from merging.errors import ConfigError
-from merging.methods import primitives as P
-from merging.methods import sparsifiers as SP
-from merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
-from merging.methods.selection import blocks
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import primitives as P
+from mergesearch.merging.methods import sparsifiers as SP
+from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
+from mergesearch.merging.methods.selection import blocks
 
 
 def _l1_rescale_factor(delta: SP.Delta, rule: SP.KeepRule) -> float:

@@ -14,7 +14,7 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from search.demo_models import build_tokenizer
+    from mergesearch.search.demo.family import build_tokenizer
 
     return build_tokenizer()
 

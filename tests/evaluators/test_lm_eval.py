@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import evaluators
-from evaluators import EvaluatorError
+from mergesearch import evaluators
+from mergesearch.evaluators import EvaluatorError
 from tests.evaluators.conftest import tiny_model
 from tests.evaluators.direct import continuation_logprob, greedy
 

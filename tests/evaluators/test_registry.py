@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-import evaluators
-from evaluators import EvalResult, EvaluatorError
+from mergesearch import evaluators
+from mergesearch.evaluators import EvalResult, EvaluatorError
 
 TEXT = "Q: reverse abc A: cba\nQ: upper dog A: DOG\nQ: copy fish A: fish\n" * 3
 

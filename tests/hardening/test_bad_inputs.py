@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from search.cli import main
+from mergesearch.search.cli import main
 from tests.hardening.helpers import tree
 from tests.search.conftest import make_spec
 
@@ -464,7 +464,7 @@ def test_real_processes(models, study, tmp_path, monkeypatch):
         scratch.mkdir()
         argv = CASES[name].make(Ctx(models, study, scratch, monkeypatch))
         proc = subprocess.run(
-            [sys.executable, "-m", "search.cli", *argv],
+            [sys.executable, "-m", "mergesearch", *argv],
             capture_output=True,
             text=True,
             cwd=scratch,
@@ -475,7 +475,7 @@ def test_real_processes(models, study, tmp_path, monkeypatch):
         assert proc.returncode == 2, (name, proc.stderr)
         assert len(lines) == 1 and "Traceback" not in proc.stderr, (name, proc.stderr)
     debug = subprocess.run(
-        [sys.executable, "-m", "search.cli", "--debug", *argv],
+        [sys.executable, "-m", "mergesearch", "--debug", *argv],
         capture_output=True,
         text=True,
         cwd=scratch,

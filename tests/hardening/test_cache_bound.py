@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import merging
-from merging.engine import NonFiniteError
-from search.spec import load_spec
+from mergesearch import merging
+from mergesearch.merging.engine import NonFiniteError
+from mergesearch.search.spec.load import load_spec
 from tests.search.conftest import make_spec
 
 
@@ -68,7 +68,7 @@ def test_a_job_larger_than_the_bound_runs_alone(models):
 
 
 def test_a_tensor_larger_than_the_bound_is_not_cached():
-    from merging.engine import _TensorCache
+    from mergesearch.merging.engine import _TensorCache
 
     cache = _TensorCache(1000)
     cache.put(("m", "big"), torch.zeros(1000))  # 4000 bytes

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from merging.sinks import TEMP_MARK
-from search.cli import main
+from mergesearch.merging.sinks import TEMP_MARK
+from mergesearch.search.cli import main
 from tests.hardening.helpers import tree
 from tests.helpers.tiny_models import make_llama_family
 from tests.search.conftest import make_spec
@@ -32,7 +32,7 @@ FAULTS = Path(__file__).resolve().parent / "faults"
 
 def _cli(*argv: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", *argv],
+        [sys.executable, "-m", "mergesearch", *argv],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         stdout=subprocess.PIPE,

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from search.cli import main
+from mergesearch.search.cli import main
 from tests.search.conftest import make_spec
 from tests.search.hub_stub import HubStub
 
@@ -135,7 +135,7 @@ def test_dashboard_listens_on_localhost_by_default(study, tmp_path, monkeypatch)
     import optuna_dashboard
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-m", "search.cli", "dashboard", str(study), "--study", "fake"]
+    argv = [sys.executable, "-m", "mergesearch", "dashboard", str(study), "--study", "fake"]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

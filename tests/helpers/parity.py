@@ -420,14 +420,14 @@ def run_mergekit(exe: Path, config: Path, out_dir: Path, extra: list[str] | None
 def run_mergesearch(config: Path, out_dir: Path, in_process: bool = True) -> None:
     argv = ["merge", str(config), str(out_dir), "--threads", "1", "--no-progress"]
     if in_process:
-        from search.cli import main
+        from mergesearch.search.cli import main
 
         code = main(argv)
         if code:
             raise RuntimeError(f"mergesearch {' '.join(argv)} exited {code}")
         return
     proc = subprocess.run(
-        [sys.executable, "-m", "search.cli", *argv],
+        [sys.executable, "-m", "mergesearch", *argv],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-from merging.checkpoint import Checkpoint
-from merging.config import load_merge_config
-from merging.errors import ConfigError
-from merging.methods import get_method
-from merging.methods import primitives as P
-from merging.methods import selection as S
+from mergesearch.merging.checkpoint import Checkpoint
+from mergesearch.merging.config import load_merge_config
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import get_method
+from mergesearch.merging.methods import primitives as P
+from mergesearch.merging.methods import selection as S
 
 
 def gen(seed: int) -> torch.Generator:
@@ -130,7 +130,7 @@ def test_seed_is_emitted_by_to_dict():
 
 
 def test_plan_cache_is_bounded(monkeypatch):
-    from merging import engine
+    from mergesearch.merging import engine
 
     merger = engine.Merger()
     built = []
@@ -144,7 +144,7 @@ def test_plan_cache_is_bounded(monkeypatch):
 
 def test_merge_command_does_not_import_other_commands():
     code = (
-        "import sys; from search.cli import build_parser; build_parser('merge'); "
+        "import sys; from mergesearch.search.cli import build_parser; build_parser('merge'); "
         "print(sorted(m for m in ('optuna', 'sqlalchemy', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from merging import ConfigError, Merger, load_merge_config, run_merge
-from merging.parameters import LayerPosition, interpolate_gradient
+from mergesearch.merging import ConfigError, Merger, load_merge_config, run_merge
+from mergesearch.merging.parameters import LayerPosition, interpolate_gradient
 from tests.helpers.tiny_models import load_state, make_family, make_llama_family
 
 
@@ -321,7 +321,7 @@ def test_output_files_and_metadata(family, tmp_path):
 
 
 def test_failure_midway_leaves_nothing(family, tmp_path, monkeypatch):
-    from merging.methods import METHODS
+    from mergesearch.merging.methods import METHODS
 
     calls = {"n": 0}
     original = METHODS["linear"].fn
@@ -339,7 +339,7 @@ def test_failure_midway_leaves_nothing(family, tmp_path, monkeypatch):
         "models": [{"model": str(p), "parameters": {"weight": 0.5}} for p in family[1:]],
         "merge_method": "linear",
     }
-    from merging import MergeRuntimeError
+    from mergesearch.merging import MergeRuntimeError
 
     with pytest.raises(MergeRuntimeError, match="No space left"):
         run_merge(cfg, tmp_path / "out", progress=False)

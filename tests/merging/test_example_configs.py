@@ -101,7 +101,7 @@ def test_examples_name_existing_style_hub_ids():
 def test_example_config_merges(name: str, hub_stand_ins: dict[str, Path], tmp_path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from search.cli import main
+    from mergesearch.search.cli import main
 
     doc = _rewrite(yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text()), hub_stand_ins)
     config = tmp_path / f"{name}.yaml"

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from search.cli import main
+from mergesearch.search.cli import main
 from tests.helpers.tiny_models import make_family, make_llama_family
 
 
@@ -167,7 +167,7 @@ def test_real_process_exit_code_and_stderr(models, tmp_path):
     config = tmp_path / "merge.yaml"
     config.write_text(yaml.safe_dump(ties(models, density=2)))
     proc = subprocess.run(
-        [sys.executable, "-m", "search.cli", "merge", str(config), str(tmp_path / "out")],
+        [sys.executable, "-m", "mergesearch", "merge", str(config), str(tmp_path / "out")],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[2],

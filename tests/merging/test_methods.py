@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from merging.errors import ConfigError
-from merging.methods import METHODS, REQUIRED, BaseRole, get_method
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import METHODS, REQUIRED, BaseRole, get_method
 
 ATOL = 1e-5
 

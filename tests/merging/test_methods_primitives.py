@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from merging.errors import ConfigError
-from merging.methods import primitives as P
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import primitives as P
 
 
 def gen(seed: int) -> torch.Generator:

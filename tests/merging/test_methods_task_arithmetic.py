@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from merging.errors import ConfigError
-from merging.methods import REQUIRED, get_method
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import REQUIRED, get_method
 
 SHAPE = (6, 9)
 ATOL = 1e-5

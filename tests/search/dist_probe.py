@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evaluators import EvalResult
+from mergesearch.evaluators import EvalResult
 from tests.search import probe
 
 HOLD_ENV = "DIST_PROBE_HOLD_CALL"

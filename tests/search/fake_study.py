@@ -20,9 +20,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState, create_trial
 
-import merging
-from search.space import SearchSpace
-from search.spec import load_spec
+from mergesearch import merging
+from mergesearch.search.optimize.space import SearchSpace
+from mergesearch.search.spec.load import load_spec
 from tests.helpers.tiny_models import make_llama_family
 
 OBJECTIVES = ("rev", "up")
@@ -169,7 +169,7 @@ def make_study(
         dup.set_user_attr(key, earlier.user_attrs[key])
     study.tell(dup, list(earlier.values))
 
-    from search.summary import best_trials
+    from mergesearch.search.optimize.summary import best_trials
 
     heldout = {}
     wanted = [t for t in study.trials if "baseline" in t.user_attrs] + best_trials(study)

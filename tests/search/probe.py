@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from evaluators import EvalResult
+from mergesearch.evaluators import EvalResult
 
 CALLS: list[int] = []
 SNAPSHOTS: list[dict[str, torch.Tensor]] = []

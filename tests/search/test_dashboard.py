@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 from optuna_dashboard import get_note, save_note
 
-from search import dashboard
-from search.locate import open_study
-from search.trials import pick_trial
+from mergesearch.search.distributed.locate import open_study
+from mergesearch.search.optimize.trials import pick_trial
+from mergesearch.search.report import dashboard
 from tests.search.browser import needs_chromium, render
 from tests.search.fake_study import make_study
 
@@ -53,7 +53,7 @@ def _start(results: Path, tmp_path: Path) -> tuple[subprocess.Popen, str, float]
     log = (tmp_path / "dashboard.log").open("w")
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "dashboard", str(results)],
+        [sys.executable, "-m", "mergesearch", "dashboard", str(results)],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -119,7 +119,7 @@ def test_dashboard_serves_plots_and_artifacts(single, tmp_path):
 def test_dashboard_refuses_a_busy_port(single, tmp_path, capsys):
     import socket
 
-    from search.cli import main
+    from mergesearch.search.cli import main
 
     _, results, _ = single
     with socket.socket() as sock:

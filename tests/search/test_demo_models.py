@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_name] = "1"
 
-from search.demo_models import (  # noqa: E402  (after the offline variables)
+from mergesearch.search.demo.family import (  # noqa: E402  (after the offline variables)
     DEMO_DIR_ENV,
     DemoRecipe,
     build_demo_family,

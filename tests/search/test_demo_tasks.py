@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from search import demo_tasks
+from mergesearch.search.demo import tasks as demo_tasks
 
 
 def test_committed_task_files_are_what_the_generator_writes(tmp_path):

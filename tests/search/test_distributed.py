@@ -25,10 +25,10 @@ import yaml
 from optuna.trial import TrialState
 from sqlalchemy.pool import NullPool
 
-from search.budget import WORKER_ATTR, reap_unclaimed, spent
-from search.storage import open_storage, retry_once
-from search.study import WORKERS_ATTR
-from search.summary import best_trials
+from mergesearch.search.distributed.budget import WORKER_ATTR, reap_unclaimed, spent
+from mergesearch.search.distributed.storage import open_storage, retry_once
+from mergesearch.search.optimize.study import WORKERS_ATTR
+from mergesearch.search.optimize.summary import best_trials
 from tests.search.conftest import make_spec
 from tests.search.dist_probe import HOLD_ENV
 
@@ -94,7 +94,7 @@ class Workers:
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker{len(self.procs)}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", "search", *args],
+            [sys.executable, "-m", "mergesearch", "search", *args],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})},
             stdout=log,
@@ -291,7 +291,7 @@ def test_journal_storage_with_two_local_workers(family, tmp_path):
     journal = tmp_path / "journal.log"
     spec = write_spec(family, tmp_path, f"journal:{journal}", trials=12, barrier=2)
     run = subprocess.run(
-        [sys.executable, "-m", "search.cli", "search", str(spec), "--workers", "2"],
+        [sys.executable, "-m", "mergesearch", "search", str(spec), "--workers", "2"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -310,7 +310,7 @@ def test_journal_storage_with_two_local_workers(family, tmp_path):
 def test_parent_forwards_sigterm_and_reports_a_crash(tmp_path):
     """The ``--workers`` parent with stand-in workers (no torch to import): SIGTERM to the
     parent reaches every worker still running; one crashed worker makes the exit code 1."""
-    from search import workers
+    from mergesearch.search.distributed import workers
 
     child = (
         "import os, signal, sys, time\n"
@@ -366,8 +366,8 @@ def test_what_counts_against_the_budget():
 
 
 def test_heartbeat_settings_are_checked(tmp_path, family):
-    from search.errors import SpecError
-    from search.spec import load_spec
+    from mergesearch.search.errors import SpecError
+    from mergesearch.search.spec.load import load_spec
 
     spec = make_spec(family, tmp_path)
     assert load_spec(spec).heartbeat.grace == 120  # four intervals of 30 s

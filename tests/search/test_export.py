@@ -13,11 +13,11 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import merging
-from merging.sinks import TEMP_MARK
-from search import model_card
-from search.cli import main
-from search.export import yaml_path_for
+from mergesearch import merging
+from mergesearch.merging.sinks import TEMP_MARK
+from mergesearch.search.cli import main
+from mergesearch.search.export import model_card
+from mergesearch.search.export.exporter import yaml_path_for
 from tests.helpers.tiny_models import load_state
 from tests.search.fake_study import make_study
 
@@ -159,7 +159,7 @@ def test_killed_export_leaves_nothing_complete(tmp_path, single):
         num_hidden_layers=8,
     )
     out = tmp_path / "model"
-    argv = [sys.executable, "-m", "search.cli", "export", str(results), "--out", str(out)]
+    argv = [sys.executable, "-m", "mergesearch", "export", str(results), "--out", str(out)]
     argv += ["--out-shard-size", "2M", "--no-progress", "--threads", "1"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     staging = tmp_path / f".model{TEMP_MARK}{proc.pid}"
@@ -186,8 +186,9 @@ def test_killed_export_leaves_nothing_complete(tmp_path, single):
 def test_real_search_study_reports_and_exports_its_candidate(family, tmp_path, capsys):
     """A study made by ``run_search`` (the probe evaluator scores in microseconds): report,
     dashboard preparation and export read it, and the export equals the evaluated candidate."""
-    from search import dashboard, run_search
-    from search.locate import open_study
+    from mergesearch.search import run_search
+    from mergesearch.search.distributed.locate import open_study
+    from mergesearch.search.report import dashboard
     from tests.search import probe
     from tests.search.conftest import make_spec
 

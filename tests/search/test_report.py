@@ -8,7 +8,7 @@ import optuna
 import pytest
 from plotly.offline import get_plotlyjs
 
-from search.cli import main
+from mergesearch.search.cli import main
 from tests.search.browser import needs_chromium, render
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,10 +8,10 @@ import yaml
 from optuna.trial import TrialState
 from safetensors.torch import load_file
 
-from search import run_search
-from search.cli import main
-from search.errors import SpecError
-from search.samplers import HideBaselines
+from mergesearch.search import run_search
+from mergesearch.search.cli import main
+from mergesearch.search.errors import SpecError
+from mergesearch.search.optimize.samplers import HideBaselines
 from tests.search import probe
 from tests.search.conftest import make_spec
 
@@ -195,8 +195,8 @@ def test_cli_spec_error_is_one_line_exit_2(tmp_path, capsys):
 def test_demo_spec_points_at_a_built_family(tmp_path):
     from types import SimpleNamespace
 
-    from search.commands.demo import demo_spec
-    from search.spec import load_spec
+    from mergesearch.search.cli.demo import demo_spec
+    from mergesearch.search.spec.load import load_spec
 
     family = SimpleNamespace(
         base=tmp_path / "base", specialists={"rev": tmp_path / "r", "up": tmp_path / "u"}

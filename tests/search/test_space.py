@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import merging
-from search.space import SearchSpace
-from search.spec import load_spec
+from mergesearch import merging
+from mergesearch.search.optimize.space import SearchSpace
+from mergesearch.search.spec.load import load_spec
 from tests.search.test_spec import base_spec
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from search.errors import SpecError
-from search.spec import load_spec
-from search.values import Fixed, PerModel, Range
+from mergesearch.search.errors import SpecError
+from mergesearch.search.spec.load import load_spec
+from mergesearch.search.spec.values import Fixed, PerModel, Range
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs" / "searches").glob("*.yaml"))
@@ -30,12 +30,12 @@ def base_spec(**changes):
 def test_shipped_specs_validate_without_downloading(path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = load_spec(path)
-    from search.space import SearchSpace
+    from mergesearch.search.optimize.space import SearchSpace
 
     space = SearchSpace(spec)
     assert space.distributions, "a shipped spec searches something"
     config = space.config({n: _middle(d) for n, d in space.distributions.items()})
-    import merging
+    from mergesearch import merging
 
     merging.load_merge_config(config)  # the configs it makes are valid merge configs
 

@@ -6,8 +6,13 @@ import optuna
 import pytest
 from optuna.storages import InMemoryStorage, JournalStorage, RDBStorage
 
-from search.errors import SpecError
-from search.storage import default_storage_url, open_storage, pick_study_name, resolve_target
+from mergesearch.search.distributed.storage import (
+    default_storage_url,
+    open_storage,
+    pick_study_name,
+    resolve_target,
+)
+from mergesearch.search.errors import SpecError
 
 
 def test_default_url_is_results_study_db():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import main
+from mergesearch.search.cli import main
 from tests.search.fake_study import shared_study
 from tests.search.hub_stub import HubStub
 
@@ -52,7 +52,7 @@ def test_upload_arrives_byte_identical_and_the_token_stays_secret(
         # the command as a user runs it: endpoint and token from the environment
         argv = ["upload", str(model), "me/merged", "--private", "--revision", "v1"]
         run = subprocess.run(
-            [sys.executable, "-m", "search.cli", *argv],
+            [sys.executable, "-m", "mergesearch", *argv],
             env=_env(hub, tmp_path / "hf-home"),
             capture_output=True,
             text=True,

@@ -1,0 +1,117 @@
+"""The single ``mergesearch`` entry point.
+
+Each subcommand lives in its own module under ``search/commands/`` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; adding a command is adding its module to
+``COMMANDS``. Only the chosen command's module is imported: the others pull in Optuna,
+SQLAlchemy or transformers, seconds of imports that a ``mergesearch merge`` never uses, and
+``--help`` lists every command from the table alone. Errors that users can fix (``MergeError``
+subclasses and other ``*Error`` types with an ``exit_code``) become one line on stderr and exit 2
+(bad input) or 1 (runtime failure); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "merge": (
+        "mergesearch.search.cli.merge",
+        "run one merge from a mergekit-style YAML into a Hugging Face model folder",
+    ),
+    "search": (
+        "mergesearch.search.cli.search",
+        "run (or resume) an evolutionary/Bayesian search over merge recipes",
+    ),
+    "status": (
+        "mergesearch.search.cli.status",
+        "show a study's trials: state, parameters, scores, timings, best so far",
+    ),
+    "demo": (
+        "mergesearch.search.cli.demo",
+        "build the tiny demo models if missing and run the demo search end to end",
+    ),
+    "dashboard": (
+        "mergesearch.search.cli.dashboard",
+        "serve optuna-dashboard on a study, each trial's merge config attached (127.0.0.1)",
+    ),
+    "report": (
+        "mergesearch.search.cli.report",
+        "write report.html (self-contained, offline) and PNG plots of a study",
+    ),
+    "export": (
+        "mergesearch.search.cli.export",
+        "rebuild a trial's merged model (default: the best) with its mergekit YAML and model card",
+    ),
+    "upload": (
+        "mergesearch.search.cli.upload",
+        "upload a model folder to the Hugging Face Hub (token from HF_TOKEN or the login cache)",
+    ),
+}
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), if known."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command listed and ``command``'s arguments (its module imported)."""
+    parser = argparse.ArgumentParser(
+        prog="mergesearch",
+        description="Search over LLM merge recipes, run one-off mergekit-style merges, ship the best.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def _user_error_exit_code(err: BaseException) -> int | None:
+    """Exit code for errors meant for users, ``None`` for bugs (which keep their traceback)."""
+    code = getattr(err, "exit_code", None)
+    return code if isinstance(code, int) else None
+
+
+# what running the same command again does after Ctrl-C: a study keeps its finished trials;
+# other outputs appear only when complete, so there is nothing to pick up
+RESUME_HINTS = {"search": "resume the study", "demo": "resume the demo"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(chosen_command(argv))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        hint = RESUME_HINTS.get(args.command, "start over (nothing half-written was kept)")
+        print(
+            f"mergesearch: interrupted; run the same command again to {hint}",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as err:
+        code = _user_error_exit_code(err)
+        if code is None or args.debug:
+            raise
+        print(f"mergesearch {args.command}: error: {err}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

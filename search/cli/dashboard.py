@@ -1,0 +1,35 @@
+"""``mergesearch dashboard RESULTS_DIR_OR_STORAGE``: optuna-dashboard on a study."""
+
+from __future__ import annotations
+
+import argparse
+
+from mergesearch.search.distributed.locate import add_target_arguments, open_study
+
+NAME = "dashboard"
+HELP = "serve optuna-dashboard on a study, each trial's merge config attached (127.0.0.1)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_arguments(parser)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; 0.0.0.0 exposes the study to the network)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default: a free one)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mergesearch.search.report import dashboard
+
+    study, location = open_study(args.target, args.study)
+
+    def ready(served: dashboard.Served) -> None:
+        print(f"dashboard of study {study.study_name!r}: {served.url}", flush=True)
+        print(f"merge configs attached from {served.artifacts}; Ctrl+C stops it", flush=True)
+
+    dashboard.serve(study, location, host=args.host, port=args.port, on_ready=ready)
+    return 0

@@ -1,0 +1,144 @@
+"""``mergesearch demo``: build the tiny demo family if missing, search merges of it, show
+where the best merge stands against the sources and their 50/50 average.
+
+``mergesearch demo build`` only builds (or reuses) the family and prints its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from mergesearch.configs import SEARCHES_DIR
+from mergesearch.search.cli.checks import at_least_one
+from mergesearch.search.spec.schema import SAMPLERS
+
+NAME = "demo"
+HELP = "build the tiny demo models if missing and run the demo search end to end"
+
+DEMO_SPEC = SEARCHES_DIR / "demo.yaml"
+MARGIN = 0.10  # what the best merge must gain over the best specialist, held out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mergesearch.search.cli.demo_build import add_build_arguments
+
+    parser.add_argument("--seed", type=int, default=0, help="seed of the demo family (default: 0)")
+    parser.add_argument("--n-trials", type=int, help="trials of the search (default: the spec's)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="override the demo spec's sampler")
+    parser.add_argument("--storage", help="study storage URL (default: results/<study>/study.db)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--fresh", action="store_true", help="delete an earlier demo study first")
+    parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
+    sub = parser.add_subparsers(dest="demo_command", metavar="{build}")
+    build = sub.add_parser("build", help="only build (or reuse) the demo family, print its table")
+    add_build_arguments(build)
+
+
+def demo_spec(family: Any, seed: int) -> dict[str, Any]:
+    """The shipped demo spec pointed at a built family (and named after its seed)."""
+    import yaml
+
+    data = yaml.safe_load(DEMO_SPEC.read_text())
+    data["name"] = "demo" if seed == 0 else f"demo-seed{seed}"
+    data["sources"] = {
+        "base": str(family.base),
+        "models": {task: str(path) for task, path in family.specialists.items()},
+    }
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.demo_command == "build":
+        from mergesearch.search.cli.demo_build import demo_build_command
+
+        return demo_build_command(args)
+
+    from mergesearch.search.demo.family import (
+        DemoRecipe,
+        build_demo_family,
+        default_demo_dir,
+        load_demo_family,
+    )
+    from mergesearch.search.optimize.study import run_search
+
+    _check_flags(args)
+    started = time.perf_counter()
+    root = default_demo_dir() / f"seed{args.seed}"
+    if load_demo_family(root, DemoRecipe(), args.seed) is None:
+        print(f"building the demo family in {root} (a few minutes on one core) ...", flush=True)
+    # the search scores the sources itself (baselines): skip the family's own table
+    family = build_demo_family(seed=args.seed, threads=args.threads, evaluate=False)
+    how = "cached" if family.cached else f"built in {time.perf_counter() - started:.0f} s"
+    print(f"demo family seed {args.seed} at {family.root} ({how})")
+    data = demo_spec(family, args.seed)
+    if args.fresh:
+        _delete_study(data["name"], args.storage)
+    result = run_search(
+        data,
+        progress=not args.no_progress,
+        storage=args.storage,
+        n_trials=args.n_trials,
+        sampler=args.sampler,
+        threads=args.threads,
+    )
+    print()
+    print(result.summary.render())
+    print()
+    print(verdict(result.summary, list(family.specialists)))
+    took = time.perf_counter() - started
+    print(f"\nstudy {result.spec.name!r} in {result.storage_url}; demo took {took:.0f} s")
+    print(f"inspect it: mergesearch status {Path(result.storage_url.split(':///', 1)[-1]).parent}")
+    return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse bad flags before the family is built: building takes minutes on one core."""
+    from mergesearch.search.distributed.storage import open_storage
+
+    at_least_one("--n-trials", args.n_trials)
+    at_least_one("--threads", args.threads)
+    if args.storage:
+        open_storage(args.storage)
+
+
+def verdict(summary: Any, specialists: list[str]) -> str:
+    """Lines comparing the best merge with the best specialist and the 50/50 average."""
+    best = summary.best[0] if summary.best else None
+    rows = {r.label: r for r in summary.rows}
+    if best is None or best.heldout_score is None:
+        return "no completed merge with held-out scores yet"
+    top = max(
+        (rows[s] for s in specialists if s in rows and rows[s].heldout_score is not None),
+        key=lambda r: r.heldout_score,
+        default=None,
+    )
+    lines = [f"best merge #{best.number} ({best.method}): held-out mean {best.heldout_score:.3f}"]
+    if top is not None:
+        gain = best.heldout_score - top.heldout_score
+        ok = "yes" if gain >= MARGIN else "no"
+        lines.append(
+            f"  vs best specialist ({top.label}, {top.heldout_score:.3f}): {gain:+.3f} "
+            f"(at least +{MARGIN:.2f}: {ok})"
+        )
+    average = rows.get("average")
+    if average is not None and average.heldout_score is not None:
+        gain = best.heldout_score - average.heldout_score
+        lines.append(
+            f"  vs 50/50 average ({average.heldout_score:.3f}): {gain:+.3f} "
+            f"(beats it: {'yes' if gain > 0 else 'no'})"
+        )
+    return "\n".join(lines)
+
+
+def _delete_study(name: str, storage_url: str | None) -> None:
+    import optuna
+
+    from mergesearch.search.distributed.storage import default_storage_url, open_storage
+
+    storage = open_storage(storage_url or default_storage_url(name))
+    with contextlib.suppress(KeyError):  # nothing to delete
+        optuna.delete_study(study_name=name, storage=storage)

@@ -1,0 +1,94 @@
+"""``mergesearch merge CONFIG.yaml OUT_DIR``: one merge from a mergekit-style YAML."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+
+from mergesearch.merging import Merger, load_merge_config
+from mergesearch.merging.config import DTYPES, MergeConfig
+from mergesearch.merging.engine import DEFAULT_SHARD_SIZE, NonFiniteError
+from mergesearch.merging.errors import ConfigError
+from mergesearch.search.cli.checks import at_least_one
+
+NAME = "merge"
+HELP = "run one merge from a mergekit-style YAML into a Hugging Face model folder"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="mergekit-style YAML (models: or slices: form)")
+    parser.add_argument("out_dir", help="output folder (created atomically)")
+    parser.add_argument(
+        "--out-shard-size",
+        default=DEFAULT_SHARD_SIZE,
+        help="largest shard in bytes, with k/M/G suffixes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, help="compute and output dtype (overrides the YAML)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help="seed of DARE/DELLA masks (default: YAML seed or 0)"
+    )
+    parser.add_argument(
+        "--copy-tokenizer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="copy the tokenizer of the base (or tokenizer_source) model (default: on)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="tensors computed in parallel (default: all cores)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also read pytorch_model*.bin checkpoints (with weights_only=True)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    at_least_one("--threads", args.threads)
+    config = load_merge_config(args.config)
+    if args.dtype:
+        config = dataclasses.replace(config, dtype=args.dtype, out_dtype=args.dtype)
+    merger = Merger(cache_bytes=0, allow_pickle=args.allow_pickle, threads=args.threads)
+    try:
+        out = merger.merge_to_disk(
+            config,
+            args.out_dir,
+            seed=args.seed,
+            shard_size=args.out_shard_size,
+            copy_tokenizer=args.copy_tokenizer,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            check_finite=True,  # a NaN written to disk is found only when someone evaluates it
+        )
+    except NonFiniteError:
+        damaged_source(merger, config)
+        raise
+    plan = merger.plan(config)
+    print(f"merged {len(plan.jobs)} tensors ({plan.method.name}) into {out}")
+    return 0
+
+
+def damaged_source(merger: Merger, config: MergeConfig) -> None:
+    """Raise ``ConfigError`` naming the first source tensor holding NaN or inf, if any.
+
+    Run only after a merge produced a non-finite tensor, so the scan costs nothing on success;
+    it tells a damaged checkpoint (bad input, exit 2) from parameters that overflow (exit 1).
+    """
+    for ref in config.model_refs:
+        checkpoint = merger.checkpoints.get(ref)
+        for name in checkpoint.names:
+            tensor = checkpoint.get(name)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ConfigError(
+                    f"{checkpoint.folder}: tensor {name!r} holds NaN or inf; the checkpoint is "
+                    "damaged: re-download or re-save it, or leave this model out"
+                )

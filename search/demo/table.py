@@ -1,0 +1,161 @@
+"""The demo family's table: does merging matter? Scored with the real lm_eval evaluator.
+
+Rows: the base, each specialist, the naive 50/50 average of the specialists and a hand-picked
+merge, each as mean greedy exact match on the held-out split of ``rev`` and ``up``. Merges are
+mergekit-style configs (plain dicts), written into one live model in place, as a search does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mergesearch.search.demo import tasks as demo_tasks
+from mergesearch.search.demo.layout import BASE_DIR, SPECIALISTS, specialist_dir
+
+METRIC = "exact_match,strip"
+SPECIALIST_DIRS = {t: specialist_dir(t) for t in SPECIALISTS}
+
+# TIES, density 0.3, lambda 1.0: the best or near-best held-out merge on every seed of the
+# final recipe (bench/demo_family.py searches a 35-merge grid; plain task arithmetic, weights
+# 1/1, ranged from 0.42 to 0.69 there).
+HAND_PICKED = {"merge_method": "ties", "density": 0.3, "lambda": 1.0}
+# What the table measures; a cached family whose table was made otherwise is re-scored.
+TABLE_KEY = json.dumps({"hand_picked": HAND_PICKED, "metric": METRIC}, sort_keys=True)
+
+
+def average_config(root: Path) -> dict[str, Any]:
+    """The naive merge: the two specialists averaged, weight 0.5 each."""
+    return {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(root / d), "parameters": {"weight": 0.5}}
+            for d in SPECIALIST_DIRS.values()
+        ],
+        "dtype": "float32",
+    }
+
+
+def ties_config(root: Path, density: float, lam: float) -> dict[str, Any]:
+    return {
+        "merge_method": "ties",
+        "base_model": str(root / BASE_DIR),
+        "models": [
+            {"model": str(root / d), "parameters": {"weight": 1.0, "density": density}}
+            for d in SPECIALIST_DIRS.values()
+        ],
+        "parameters": {"lambda": lam},
+        "dtype": "float32",
+    }
+
+
+def task_arithmetic_config(root: Path, weights: Mapping[str, float]) -> dict[str, Any]:
+    """Task arithmetic with one weight per specialist (keyed by its task)."""
+    return {
+        "merge_method": "task_arithmetic",
+        "base_model": str(root / BASE_DIR),
+        "models": [
+            {"model": str(root / d), "parameters": {"weight": weights[t]}}
+            for t, d in SPECIALIST_DIRS.items()
+        ],
+        "dtype": "float32",
+    }
+
+
+def linear_config(root: Path, weights: Mapping[str, float]) -> dict[str, Any]:
+    return {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(root / d), "parameters": {"weight": weights[t]}}
+            for t, d in SPECIALIST_DIRS.items()
+        ],
+        "dtype": "float32",
+    }
+
+
+def describe(config: Mapping[str, Any]) -> str:
+    """A short human label of a demo merge config."""
+    method = config["merge_method"]
+    weights = "/".join(f"{m['parameters'].get('weight', 1.0):g}" for m in config["models"])
+    if method == "ties":
+        density = config["models"][0]["parameters"]["density"]
+        return f"ties density {density:g} lambda {config['parameters']['lambda']:g}"
+    return f"{method} weights {weights} (rev/up)"
+
+
+def family_table(root: Path, *, threads: int | None = 1, split: str = "heldout") -> list[dict]:
+    """Score base, specialists, the 50/50 average and the hand-picked merge of a family."""
+    scorer = DemoScorer(root, split=split, threads=threads)
+    rows = [scorer.row("base", None, root / BASE_DIR)]
+    for task, d in SPECIALIST_DIRS.items():
+        rows.append(scorer.row(f"specialist {task}", None, root / d))
+    rows.append(scorer.row("50/50 average", average_config(root)))
+    picked = ties_config(root, HAND_PICKED["density"], HAND_PICKED["lambda"])
+    rows.append(scorer.row("hand-picked merge", picked))
+    return rows
+
+
+class DemoScorer:
+    """One evaluator and one working model, reused for every row (as a search reuses them)."""
+
+    def __init__(self, root: Path, *, split: str = "heldout", threads: int | None = 1) -> None:
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        from mergesearch import evaluators, merging
+
+        self.root = root
+        self.split = split
+        self.tasks = [demo_tasks.task_name(t, split) for t in demo_tasks.EVAL_TASKS]
+        self.evaluator = evaluators.get(
+            "lm_eval", tasks=self.tasks, metrics=[METRIC], threads=threads
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(root / BASE_DIR)
+        self.work = LlamaForCausalLM.from_pretrained(root / BASE_DIR)
+        self.merger = merging.Merger()  # keeps the family's checkpoints open between merges
+
+    def scores(self, config: Mapping[str, Any] | None, model_dir: Path | None = None) -> dict:
+        """Per-task exact match and their mean, of a merge config or of a saved model."""
+        from mergesearch import merging
+
+        if config is not None:
+            # in place, through the project's merge engine, exactly as a search trial merges
+            self.merger.merge_into(merging.load_merge_config(dict(config)), self.work, seed=0)
+            model = self.work
+        else:
+            from transformers import LlamaForCausalLM
+
+            model = LlamaForCausalLM.from_pretrained(model_dir)
+        metrics = self.evaluator.evaluate(model, self.tokenizer).metrics
+        per_task = {
+            t: metrics[f"{demo_tasks.task_name(t, self.split)}/{METRIC}"]
+            for t in demo_tasks.EVAL_TASKS
+        }
+        return {**per_task, "mean": sum(per_task.values()) / len(per_task)}
+
+    def row(
+        self, name: str, config: Mapping[str, Any] | None, model_dir: Path | None = None
+    ) -> dict:
+        recipe = describe(config) if config is not None else ""
+        return {"model": name, "recipe": recipe, **self.scores(config, model_dir)}
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("merge")
+    for task in demo_tasks.EVAL_TASKS:
+        table.add_column(f"{task} EM", justify="right")
+    table.add_column("mean EM", justify="right")
+    for row in rows:
+        table.add_row(
+            row["model"],
+            row["recipe"],
+            *(f"{row[t]:.3f}" for t in demo_tasks.EVAL_TASKS),
+            f"{row['mean']:.3f}",
+        )
+    Console().print(table)

@@ -1,0 +1,159 @@
+"""The trial budget of a study, shared by every worker that joins it.
+
+A budget of N means N trials that count, study-wide, however many processes run them. Each
+worker calling ``study.optimize(n_trials=N - done)`` would overshoot (every worker runs its own
+N - done), and ``MaxTrialsCallback`` stops a worker only *after* its trial, so W workers near the
+end still start up to W - 1 trials too many. ``GatedStudy`` instead decides in ``ask``, the one
+place where ``study.optimize`` creates a trial, under the study's cross-process lock: count, then
+create (or pop a queued trial) only if the count is below N. Counting and creating cannot then
+interleave between workers, so the study never holds more than N counted trials.
+
+What counts (``spent``): complete and pruned trials; failed ones, except a trial interrupted by
+the user (it is replaced) and a trial whose worker died (it is failed by heartbeat and re-queued
+with the same parameters, and the queued retry counts instead); and running trials, which a
+live worker will finish. So a retry neither loses a slot nor takes a second one.
+
+At the end, a worker whose budget is handed out stays while trials run elsewhere (with
+heartbeats on): if one of those workers dies, somebody must be there to run its retry.
+
+A trial is claimed inside the lock: its first heartbeat and its ``worker`` attribute are written
+before the lock is released. So, seen from inside the lock, a running trial without ``worker``
+belongs to a process that died inside ``ask`` (or to a version of this program before claims):
+no heartbeat will ever end it, and ``reap_unclaimed`` fails and re-queues it instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from mergesearch.search.distributed.locks import Lock
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTR = "worker"  # host:pid of the process that ran (or runs) a trial
+INTERRUPTED = "interrupted"  # the ``fail_reason`` of a trial stopped by Ctrl-C / SIGTERM
+
+
+class BudgetSpent(Exception):
+    """Raised by ``GatedStudy.ask`` when the study's budget is handed out: the worker stops."""
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def retried(trials: Iterable[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that a stale-trial retry re-queued (their whole retry chains)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+
+def spent(trials: list[FrozenTrial]) -> int:
+    """How many trials count against the budget (see the module docstring)."""
+    again = retried(trials)
+    count = 0
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            count += 1
+        elif t.state == TrialState.FAIL:
+            count += t.user_attrs.get("fail_reason") != INTERRUPTED and t.number not in again
+        elif t.state == TrialState.RUNNING:
+            count += WORKER_ATTR in t.user_attrs  # unclaimed ones are reaped (see above)
+    return count
+
+
+def running_elsewhere(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.RUNNING and WORKER_ATTR in t.user_attrs]
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's own check (fail trials whose heartbeat stopped, call the retry callback)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def reap_unclaimed(study: optuna.Study, retry: Callable[[optuna.Study, FrozenTrial], None]) -> int:
+    """Fail and re-queue (``retry``) the running trials nobody claimed. Call under the lock."""
+    reaped = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if WORKER_ATTR in t.user_attrs:
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        log.warning("trial %d was left running by a dead process: run again", t.number)
+        retry(study, study._storage.get_trial(t._trial_id))
+        reaped += 1
+    return reaped
+
+
+class GatedStudy(optuna.Study):
+    """The same study, whose ``ask`` hands out at most ``budget`` counted trials in all.
+
+    ``heartbeat`` is the storage that records heartbeats (``None`` when it does not): the
+    claimed trial's first heartbeat is written inside the lock, so that no trial is ever counted
+    as running without a heartbeat that would let a dead worker's trial go stale."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        *,
+        budget: int,
+        lock: Lock,
+        heartbeat: BaseStorage | None,
+        poll_seconds: float,
+        retry: Callable[[optuna.Study, FrozenTrial], None],
+    ) -> None:
+        super().__init__(
+            study_name=study.study_name,
+            storage=study._storage,
+            sampler=study.sampler,
+            pruner=study.pruner,
+        )
+        self.budget = budget
+        self.lock = lock
+        self.heartbeat = heartbeat
+        self.poll_seconds = poll_seconds
+        self.retry = retry
+        self.worker = worker_id()
+
+    def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        waited = False
+        while True:
+            with self.lock:
+                fail_stale_trials(self)
+                if self.lock.reliable:
+                    reap_unclaimed(self, self.retry)
+                trials = self.get_trials(deepcopy=False)
+                if spent(trials) < self.budget:
+                    trial = super().ask(fixed_distributions)
+                    self._claim(trial)
+                    return trial
+                others = running_elsewhere(trials) if self.heartbeat is not None else []
+                if not others:
+                    raise BudgetSpent
+            if not waited:
+                log.info(
+                    "budget handed out; waiting for %d trial(s) running on other workers "
+                    "(a dead worker's trial is run again here)",
+                    len(others),
+                )
+                waited = True
+            time.sleep(self.poll_seconds)
+
+    def _claim(self, trial: optuna.Trial) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.record_heartbeat(trial._trial_id)
+        trial.set_user_attr(WORKER_ATTR, self.worker)

@@ -1,0 +1,71 @@
+"""The progress bar of a search: trials done, best so far, ETA, and one line per trial."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from mergesearch.search.optimize.samplers import BASELINE_ATTR
+from mergesearch.search.optimize.scoring import Scorer
+from mergesearch.search.optimize.summary import best_trials
+
+log = logging.getLogger("search")
+
+
+class Progress:
+    """An Optuna callback; with ``enabled=False`` it logs the per-trial lines instead."""
+
+    def __init__(self, total: int | None, *, enabled: bool, scorer: Scorer):
+        self.enabled = enabled
+        self.scorer = scorer
+        self.count = 0
+        self.bar = tqdm(
+            total=total,
+            unit="trial",
+            desc="search",
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.count += 1
+        line = trial_line(trial, [o.name for o in self.scorer.objectives])
+        best = best_trials(study)
+        if best and len(best) == 1:
+            self.bar.set_postfix_str(f"best {best[0].values[0]:.4f} (#{best[0].number})")
+        elif best:
+            self.bar.set_postfix_str(f"front {len(best)} trial(s)")
+        if self.enabled:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            log.info(line)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def trial_line(trial: FrozenTrial, objectives: list[str]) -> str:
+    attrs = trial.user_attrs
+    what = attrs.get(BASELINE_ATTR) or attrs.get("method") or "?"
+    head = f"#{trial.number:<4d} {what:<16s}"
+    if trial.state == TrialState.FAIL:
+        return f"{head} failed: {attrs.get('fail_reason', 'unknown')}"
+    metrics = attrs.get("metrics", {})
+    scores = "  ".join(
+        f"{o} {metrics[o]['search']:.4f}" for o in objectives if "search" in metrics.get(o, {})
+    )
+    if trial.state == TrialState.PRUNED:
+        return f"{head} pruned after {attrs.get('stage')} items  {scores}"
+    value = "  ".join(f"{v:.4f}" for v in trial.values or [])
+    tail = (
+        f"same config as #{attrs['duplicate_of']}"
+        if "duplicate_of" in attrs
+        else f"merge {attrs.get('merge_seconds', 0):.2f}s  eval {attrs.get('eval_seconds', 0):.2f}s"
+    )
+    return f"{head} value {value}  {scores}  {tail}"

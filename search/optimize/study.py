@@ -1,0 +1,296 @@
+"""``run_search(spec)``: create or resume a study, run trials through ``study.optimize``, report.
+
+The loop is Optuna's own ``study.optimize`` (not ask/tell) so that heartbeats and stale-trial
+retries of RDB storages work for distributed searches. Any number of processes, on any number
+of machines, may run the same spec against the same storage: they join one study by name. The
+steps that must not interleave between them (creating the study, enqueueing the baselines
+once per study, handing out the last trials of the budget, held-out scoring) run under the
+study's cross-process lock (``search.locks``); the budget is study-wide (``search.budget``).
+
+Baselines (each source alone, the uniform average) are enqueued first, once per study. The
+budget counts every trial of the study, so the same command on the same storage resumes where it
+stopped; trials that finished are kept, and a config scored before is answered from the study
+instead of re-evaluated. At the end the best trial(s) and the baselines are scored on the
+held-out split(s); those scores are stored in the study (user attribute ``heldout``) so
+``mergesearch status`` can show them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from mergesearch import merging
+from mergesearch.search.distributed.budget import (
+    BudgetSpent,
+    GatedStudy,
+    fail_stale_trials,
+    reap_unclaimed,
+    spent,
+)
+from mergesearch.search.distributed.storage import (
+    default_storage_url,
+    lock_for,
+    open_storage,
+    retry_once,
+)
+from mergesearch.search.errors import SpecError, TrialFailed
+from mergesearch.search.optimize.objective import LiveModel, TrialRunner
+from mergesearch.search.optimize.progress import Progress
+from mergesearch.search.optimize.samplers import (
+    BASELINE_ATTR,
+    is_baseline,
+    make_pruner,
+    make_sampler,
+    resolve_sampler_name,
+)
+from mergesearch.search.optimize.scoring import Scorer
+from mergesearch.search.optimize.space import SearchSpace
+from mergesearch.search.optimize.summary import Summary, best_trials, summarize
+from mergesearch.search.spec.load import load_spec
+from mergesearch.search.spec.schema import SearchSpec
+
+log = logging.getLogger(__name__)
+
+MAX_HELDOUT_TRIALS = 8  # of a Pareto front, the ones scored on the held-out split
+WORKERS_ATTR = "workers_joined"  # study attribute: how many processes have joined the study
+SEED_STRIDE = 7919  # sampler seeds of the workers of one study lie this far apart
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    spec: SearchSpec
+    storage_url: str
+    summary: Summary
+    ran: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_search(
+    spec_or_path: str | Path | dict[str, Any] | SearchSpec,
+    *,
+    progress: bool = True,
+    heldout: bool = True,
+    **overrides: Any,
+) -> SearchResult:
+    """Run (or resume) the search a spec describes.
+
+    ``overrides`` take the command-line flags: ``storage``, ``study_name``, ``n_trials``,
+    ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``, ``heartbeat``, ``grace_period``.
+    """
+    started = time.perf_counter()
+    spec = load_spec(spec_or_path, **overrides)
+    torch.set_num_threads(spec.threads)
+    url = spec.storage or default_storage_url(spec.name)
+    merger = merging.Merger(cache_bytes=int(spec.cache_gb * 2**30))
+    baselines = _baseline_configs(spec)
+    # sources before storage: a refused spec leaves no empty study behind
+    num_layers = _check_sources(spec, merger, baselines)
+    storage = open_storage(
+        url, heartbeat_interval=spec.heartbeat.interval, grace_period=spec.heartbeat.grace
+    )
+    lock = lock_for(storage, url, spec.name)
+    space = SearchSpace(spec, num_layers)
+    scorer = Scorer(spec)
+    with lock:  # N workers starting at once: one creates the study and enqueues the baselines
+        study = _open_study(spec, space, scorer, storage, url)
+        # A dead worker's baseline is re-queued by its retry, not by _enqueue_baselines.
+        fail_stale_trials(study)
+        if lock.reliable:
+            reap_unclaimed(study, retry_once())
+        remaining = spec.budget.trials - spent(study.get_trials(deepcopy=False))
+        if spec.baselines and remaining > 0:
+            _enqueue_baselines(study, baselines)
+    log.info(
+        "study %r in %s: %d trial(s) so far, sampler %s",
+        spec.name,
+        url,
+        len(study.trials),
+        resolve_sampler_name(spec, space),
+    )
+    study = GatedStudy(
+        study,
+        budget=spec.budget.trials,
+        lock=lock,
+        heartbeat=storage if getattr(storage, "heartbeat_interval", None) else None,
+        poll_seconds=min(spec.heartbeat.interval, 5),
+        retry=retry_once(),
+    )
+    runner = TrialRunner(spec, space, scorer, LiveModel(merger), baselines)
+    # Always enter the loop: with the budget handed out, trials running on other workers may
+    # still die and need a retry here; ``ask`` returns at once when there is nothing to wait for.
+    bar = Progress(max(remaining, 0) or None, enabled=progress, scorer=scorer)
+    verbosity = optuna.logging.get_verbosity()
+    # ERROR: Optuna's warning for a failed or interrupted trial carries a traceback; the
+    # objective logs each failure in one line, and Ctrl+C is reported by the CLI.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study.optimize(
+            runner,
+            timeout=spec.budget.timeout,
+            catch=(TrialFailed,),
+            callbacks=[bar],
+            gc_after_trial=False,
+        )
+    except BudgetSpent:
+        pass  # the study-wide budget is handed out: the normal end of a worker
+    except KeyboardInterrupt:
+        if spec.baselines:  # an interrupted baseline waits in the queue for the other workers
+            with lock:
+                _enqueue_baselines(study, baselines)
+        raise
+    finally:
+        bar.close()
+        optuna.logging.set_verbosity(verbosity)
+    ran = bar.count
+    if heldout:
+        with lock:  # the first worker to finish scores; the others find the scores stored
+            score_heldout(study, spec, scorer, runner.live)
+    summary = summarize(study)
+    return SearchResult(study, spec, url, summary, ran, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------- study set-up
+
+
+def _baseline_configs(spec: SearchSpec) -> dict[str, dict[str, Any]]:
+    return SearchSpace(spec).baselines()
+
+
+def _check_sources(
+    spec: SearchSpec, merger: merging.Merger, baselines: dict[str, dict[str, Any]]
+) -> dict[str, int]:
+    """Open every source once, up front: a wrong path or an incompatible model stops here,
+    with one line, before any trial. Returns each source's depth (for passthrough slices)."""
+    depths = {}
+    for name in spec.sources.names():
+        try:
+            out = merger.output_config(baselines[name])
+        except merging.ConfigError as err:
+            key = "sources.base" if name == "base" else f"sources.models.{name}"
+            raise SpecError(f"{spec.source}: {key}: {err}") from None
+        depths[name] = int(getattr(out, "num_hidden_layers", 0) or 0)
+    for name, data in baselines.items():  # the average: do the sources merge with each other?
+        if name in depths:
+            continue
+        try:
+            merger.plan(merging.load_merge_config(data, source_name=f"baseline {name!r}"))
+        except merging.ConfigError as err:
+            raise SpecError(f"{spec.source}: sources: {err}") from None
+    return depths
+
+
+def _open_study(
+    spec: SearchSpec, space: SearchSpace, scorer: Scorer, storage: Any, url: str
+) -> optuna.Study:
+    directions = scorer.study_directions()
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        directions=directions,
+        load_if_exists=True,
+        pruner=make_pruner(spec),
+    )
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        raise SpecError(
+            f"{spec.source}: study {spec.name!r} in {url} optimises {stored}, this spec {directions}; "
+            "use another study name"
+        )
+    attrs = study.user_attrs
+    fingerprint = space.fingerprint()
+    if "space" in attrs and attrs["space"] != fingerprint:
+        changed = sorted(set(attrs["space"].items()) ^ set(fingerprint.items()))[0][0]
+        raise SpecError(
+            f"{spec.source}: study {spec.name!r} in {url} was created with another search space "
+            f"(parameter {changed!r} differs); use another study name or the original spec"
+        )
+    if "space" not in attrs:
+        study.set_user_attr("spec", spec.to_yaml())
+        study.set_user_attr("sources", {n: spec.sources.path(n) for n in spec.sources.names()})
+        study.set_user_attr("space", fingerprint)
+        study.set_user_attr("method_params", space.used)
+        study.set_user_attr(
+            "objectives",
+            [
+                {
+                    "name": o.name,
+                    "weight": o.weight,
+                    "direction": scorer.directions[o.name],
+                    "splits": sorted(o.splits),
+                }
+                for o in spec.objectives
+            ],
+        )
+        study.set_user_attr("combine", spec.combine)
+    # A resumed study gets a different sampler seed, or a seeded sampler would replay (and
+    # the de-duplication answer) the proposals of the first run; so does each worker that joins
+    # (the first process keeps the spec's seed: a one-process search stays reproducible).
+    joined = int(attrs.get(WORKERS_ATTR, 0))
+    study.set_user_attr(WORKERS_ATTR, joined + 1)
+    seed = spec.sampler_seed + len(study.trials) + SEED_STRIDE * joined
+    study.sampler = make_sampler(spec, space, seed)
+    return study
+
+
+def _enqueue_baselines(study: optuna.Study, baselines: dict[str, dict[str, Any]]) -> None:
+    """Enqueue each baseline unless it ran, runs or waits already. (``skip_if_exists`` cannot
+    tell baselines apart, as none has parameters, and would also skip interrupted ones.)"""
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+    present = {
+        t.user_attrs.get(BASELINE_ATTR)
+        for t in study.get_trials(deepcopy=False, states=live)
+        if is_baseline(t)
+    }
+    for name in baselines:
+        if name not in present:
+            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: name})
+
+
+# ---------------------------------------------------------------------- held-out scores
+
+
+def score_heldout(study: optuna.Study, spec: SearchSpec, scorer: Scorer, live: LiveModel) -> None:
+    """Score baselines and best trial(s) on every split but ``search``; store in the study."""
+    splits = [s for s in scorer.splits() if s != "search"]
+    if not splits:
+        return
+    stored = dict(study.user_attrs.get("heldout", {}))
+    wanted = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_baseline(t)
+    ]
+    wanted += best_trials(study, MAX_HELDOUT_TRIALS)
+    changed = False
+    for trial in wanted:
+        if str(trial.number) in stored or "merge_config" not in trial.user_attrs:
+            continue
+        config = merging.load_merge_config(yaml.safe_load(trial.user_attrs["merge_config"]))
+        model, tokenizer, _ = live.merge(config)
+        entry: dict[str, Any] = {"config_hash": trial.user_attrs.get("config_hash")}
+        for split in splits:
+            scores = scorer.score(model, tokenizer, split)
+            entry[split] = {**scores.values, "score": _weighted(scorer, scores.values)}
+        stored[str(trial.number)] = entry
+        changed = True
+    if changed:
+        study.set_user_attr("heldout", stored)
+
+
+def _weighted(scorer: Scorer, values: dict[str, float]) -> float:
+    """The held-out counterpart of the study value (a weighted mean for Pareto searches)."""
+    if scorer.spec.combine == "weighted_sum" and all(o.name in values for o in scorer.objectives):
+        return scorer.combine(values)[0]
+    present = [o for o in scorer.objectives if o.name in values]
+    total = sum(o.weight for o in present)
+    return sum(o.weight * values[o.name] for o in present) / total if total else math.nan

@@ -1,0 +1,1 @@
+"""Looking at a study: the static HTML report, its plots and the optuna-dashboard server."""
