@@ -65,7 +65,13 @@ class MergeMethod:
     min_inputs: int = 1  # non-base models (all models for linear/passthrough)
     max_inputs: int | None = None
     uses_randomness: bool = False
+    # one line for model cards and reports: what the method does to the tensors
     description: str = ""
+    # where the method comes from (an arXiv abstract URL), linked from model cards
+    paper: str = ""
+    # the output's layers are the inputs' layers stacked (passthrough): depth can change, no
+    # tensor arithmetic happens, and a search picks slices instead of parameters
+    stacks_layers: bool = False
 
 
 METHODS: dict[str, MergeMethod] = {}
