@@ -23,6 +23,12 @@ DO $$ BEGIN
   ELSE
     ALTER ROLE mergesearch LOGIN PASSWORD 'mergesearch' CREATEDB;
   END IF;
+  -- a role whose password is a sentinel: tests grep every output for it (tests/hardening)
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mergesearch_sentinel') THEN
+    CREATE ROLE mergesearch_sentinel LOGIN PASSWORD 'pw_SENTINEL_2f7c91d4e8' CREATEDB;
+  ELSE
+    ALTER ROLE mergesearch_sentinel LOGIN PASSWORD 'pw_SENTINEL_2f7c91d4e8' CREATEDB;
+  END IF;
 END $$;
 SQL
 su postgres -c "psql -q -tc \"SELECT 1 FROM pg_database WHERE datname='mergesearch_test'\"" | grep -q 1 \

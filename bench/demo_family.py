@@ -31,7 +31,7 @@ from mergesearch.search.demo.table import (
 
 
 def grid(root: Path) -> list[dict]:
-    """35 merges around the ridge found by hand (see shared/DEMO_NOTES.md)."""
+    """35 merges around the ridge where good merges lie (``docs/DEMO.md``)."""
     configs = [linear_config(root, {"rev": w, "up": 1 - w}) for w in (0.3, 0.4, 0.5, 0.6)]
     configs += [
         task_arithmetic_config(root, {"rev": r, "up": u})

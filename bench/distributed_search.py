@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mergesearch.search import attrs as A  # noqa: E402
+
 
 def load_avg() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -83,7 +85,7 @@ def run_once(spec: Path, name: str, workers: int, trials: int, storage: str) -> 
         / len(done),
         "completed": len(done),
         "split": "/".join(per_worker) if per_worker else str(len(done)),
-        "best": max(t.values[0] for t in done if "baseline" not in t.user_attrs),
+        "best": max(t.values[0] for t in done if A.BASELINE not in t.user_attrs),
         "load": load_before + " -> " + load_avg(),
     }
 

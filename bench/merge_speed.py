@@ -40,8 +40,8 @@ from safetensors.torch import save_file
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.helpers.parity import TopKCut, compare_outputs, find_mergekit  # noqa: E402
-from tests.helpers.tiny_models import save_tokenizer  # noqa: E402
+from bench._mergekit import TopKCut, compare_outputs, find_mergekit  # noqa: E402
+from mergesearch.search.demo.family import build_tokenizer  # noqa: E402
 
 GB = 1e9
 SIZES: dict[str, dict[str, int]] = {
@@ -69,7 +69,15 @@ TUTORIAL_T = [
     {"value": 0.5},
 ]
 # Targets from the issue. "Linear family": the elementwise weighted sums.
-SPEEDUP_TARGET = {"ties": 10.0, "dare_ties": 10.0, "breadcrumbs": 10.0, "della": 10.0}
+# The seven methods mergekit 0.1.5 added: the target is "no slower than mergekit".
+NEWER_METHODS = ("multislerp", "karcher", "sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl")
+SPEEDUP_TARGET = {
+    "ties": 10.0,
+    "dare_ties": 10.0,
+    "breadcrumbs": 10.0,
+    "della": 10.0,
+    **dict.fromkeys(NEWER_METHODS, 1.0),
+}
 DEFAULT_SPEEDUP_TARGET = 3.0
 LINEAR_FAMILY = ("linear", "task_arithmetic")
 FLOOR_TARGET = 2.0
@@ -139,7 +147,7 @@ def write_model(out: Path, dims: dict[str, int], model: int, seed: int) -> None:
     config.tie_word_embeddings = False
     config.bos_token_id, config.eos_token_id, config.pad_token_id = 0, 1, 2
     config.save_pretrained(out)
-    save_tokenizer(out)
+    build_tokenizer().save_pretrained(out)  # any tokenizer: both tools only copy it
 
 
 def build_family(root: Path, size: str, seed: int = 0) -> list[Path]:
@@ -205,6 +213,36 @@ def method_config(method: str, p: list[str], n_layers: int) -> dict[str, Any]:
             "models": [{"model": m, "parameters": {**half, "epsilon": 0.1}} for m in p[1:]],
         },
         "model_stock": {"base_model": p[0], "models": [{"model": m} for m in p[1:]]},
+        "multislerp": {
+            "base_model": p[0],
+            "models": [
+                {"model": p[1], "parameters": {"weight": 0.6}},
+                {"model": p[2], "parameters": {"weight": 0.4}},
+            ],
+        },
+        "karcher": {"base_model": p[0], "models": [{"model": m} for m in p[1:]]},  # 3 inputs
+        "sce": {
+            "base_model": p[0],
+            "models": [{"model": m} for m in p[1:]],
+            "parameters": {"select_topk": 0.5},
+        },
+        "nearswap": {
+            "base_model": p[0],
+            "models": [{"model": p[0]}, {"model": p[1]}],
+            "parameters": {"t": 0.001},
+        },
+        "arcee_fusion": {"base_model": p[0], "models": [{"model": p[0]}, {"model": p[1]}]},
+        # epsilon at the fine-tunes' noise level: a mix of unique, shared and unchanged elements
+        "ram": {
+            "base_model": p[0],
+            "models": [{"model": m} for m in p[1:]],
+            "parameters": {"epsilon": 0.001},
+        },
+        "ramplus_tl": {
+            "base_model": p[0],
+            "models": [{"model": m} for m in p[1:]],
+            "parameters": {"epsilon": 0.001, "r": 0.1, "alpha": 0.2},
+        },
         "passthrough": {
             "slices": [
                 {"sources": [{"model": p[1], "layer_range": [0, n_layers // 2]}]},
@@ -225,12 +263,17 @@ METHODS = [
     "della",
     "model_stock",
     "passthrough",
+    *NEWER_METHODS,
 ]
 RANDOM_METHODS = ("dare_ties", "della")
 CUTS = {
     "ties": TopKCut("magnitude", (0.5, 0.5)),
     "breadcrumbs": TopKCut("outliers", (0.9, 0.9), gamma=0.01),
+    "sce": TopKCut("variance", (0.5,)),
 }
+# arcee_fusion: mergekit samples its threshold on tensors over 1e6 elements (ours is exact), so
+# a few elements there take the other input; at most this fraction of them may
+ARCEE_MAX_FLIPPED = 1e-3
 
 
 def referenced_models(doc: dict[str, Any]) -> set[str]:
@@ -484,9 +527,14 @@ def bench_method(
             row.diff = "random"
         elif verify:
             cut = CUTS.get(method)
-            result = compare_outputs(ours_out, ref_out, method, method, family, cut)
+            switched = (family[0], family[1]) if method == "arcee_fusion" else None
+            result = compare_outputs(
+                ours_out, ref_out, method, method, family, cut, switched, ARCEE_MAX_FLIPPED
+            )
             result.layers_expected = n_layers
             row.diff = f"{result.max_abs_diff:.1e}" + (f" ({result.excluded} tied)" if cut else "")
+            if switched:
+                row.diff += f" ({result.flipped} of {result.sampled_elements} flipped)"
             row.notes += result.problems()
     shutil.rmtree(ours_out, ignore_errors=True)
     shutil.rmtree(ref_out, ignore_errors=True)
@@ -532,6 +580,13 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _by_target(methods: list[str]) -> dict[float, list[str]]:
+    groups: dict[float, list[str]] = {}
+    for method in methods:
+        groups.setdefault(SPEEDUP_TARGET.get(method, DEFAULT_SPEEDUP_TARGET), []).append(method)
+    return groups
+
+
 def machine_summary() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return (
@@ -555,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for both tools")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "bench" / "out")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "RESULTS_merge.md")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run as a section at the end of the results file instead of replacing it",
+    )
     args = parser.parse_args(argv)
 
     mergekit = None
@@ -605,7 +665,16 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows)
     print("\n" + table)
     command = "python bench/merge_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = f"""# Merge benchmark: mergesearch vs mergekit 0.1.5
+    targets = "; ".join(
+        f"speed-up >= {target:g}x for {', '.join(names)}"
+        for target, names in _by_target(args.methods).items()
+    )
+    title = (
+        f"## Run: {', '.join(args.methods)}"
+        if args.append
+        else "# Merge benchmark: mergesearch vs mergekit 0.1.5"
+    )
+    report = f"""{title}
 
 - Run: {dt.datetime.now().isoformat(timespec="minutes")}, `{command.strip()}`
 - Machine: {machine_summary()}; 1-min load {load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (other jobs share the CPUs)
@@ -613,14 +682,16 @@ def main(argv: list[str] | None = None) -> int:
 - Threads: {args.threads} for both tools (mergesearch `--threads`: tensors computed in parallel, one single-threaded torch worker each; mergekit `-j`: torch's intra-op threads); {cache_note}
 - I/O floor (all inputs read once + one output written once, no fsync): {floor_text}; "x I/O floor" uses the warm floor scaled to the bytes each method reads and writes
 - GB/s = (bytes read + bytes written) / wall time; wall time, CPU time (user + system) and peak RSS are of the whole CLI process (imports included); CPU time is less sensitive than wall time to other jobs on the machine
-- Targets: speed-up >= 3x (>= 10x for ties, dare_ties, breadcrumbs, della); linear and task_arithmetic within {FLOOR_TARGET:g}x of the floor; peak RSS < 1.5 GB
-- max abs diff: ours vs mergekit, all tensors (ties/breadcrumbs: elements tied at a top-k cut-off excluded; dare_ties/della draw random masks)
+- Targets: {targets}; linear and task_arithmetic within {FLOOR_TARGET:g}x of the floor; peak RSS < {RSS_TARGET / GB:g} GB
+- max abs diff: ours vs mergekit, all tensors (ties/breadcrumbs/sce: elements tied at a top-k cut-off excluded; dare_ties/della draw random masks; arcee_fusion: on tensors over 1e6 elements mergekit samples its threshold, elements that took the other input are counted as flipped, at most {ARCEE_MAX_FLIPPED:g} of those tensors' elements)
 
 {table}
 """
     notes = [f"- {r.method}: {n}" for r in rows for n in r.notes]
     if notes:
         report += "\nNotes:\n" + "\n".join(notes) + "\n"
+    if args.append and args.results.is_file():
+        report = args.results.read_text().rstrip("\n") + "\n\n" + report
     args.results.write_text(report)
     print(f"\nwritten to {args.results}")
     return 0 if all(r.ours and not r.ours.exit_code for r in rows) else 1

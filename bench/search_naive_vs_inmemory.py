@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mergesearch.search import attrs as A  # noqa: E402
+
 
 def naive_trial(config_yaml: str, tasks: list[str], work: Path) -> dict:
     import lm_eval
@@ -122,14 +124,14 @@ def main() -> None:
         heldout=False,
     )
     study = result.study
-    trials = [t for t in study.trials if "baseline" not in t.user_attrs and t.values]
+    trials = [t for t in study.trials if A.BASELINE not in t.user_attrs and t.values]
     tasks = sorted({o.splits["search"].task for o in result.spec.objectives})
 
     naive = {}
     scorer = Scorer(result.spec)
     with tempfile.TemporaryDirectory() as work:
         for trial in trials[: args.naive]:
-            config = trial.user_attrs["merge_config"]
+            config = trial.user_attrs[A.MERGE_CONFIG]
             naive[trial.number] = naive_trial(config, tasks, Path(work))
             naive[trial.number]["reload_only"] = reload_trial(config, scorer, Path(work))
     study.set_user_attr(
@@ -146,12 +148,12 @@ def main() -> None:
     ratios = []
     for t in trials:
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
-        merge, ev = t.user_attrs["merge_seconds"], t.user_attrs["eval_seconds"]
-        row = f"{t.number:>5} {t.user_attrs['method']:<16} {merge:7.3f} {ev:7.3f} {wall:7.3f} | "
+        merge, ev = t.user_attrs[A.MERGE_SECONDS], t.user_attrs[A.EVAL_SECONDS]
+        row = f"{t.number:>5} {t.user_attrs[A.METHOD]:<16} {merge:7.3f} {ev:7.3f} {wall:7.3f} | "
         if t.number in naive:
             n = naive[t.number]
             ratios.append(n["total"] / wall)
-            ours = t.user_attrs["metrics"]
+            ours = t.user_attrs[A.METRICS]
             same = all(
                 abs(n["scores"][o.splits["search"].task] - ours[o.name]["search"]) < 1e-9
                 for o in result.spec.objectives
@@ -164,8 +166,8 @@ def main() -> None:
     walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     print(
         f"\nin-memory per trial: median wall {statistics.median(walls):.2f} s "
-        f"(merge {statistics.median(t.user_attrs['merge_seconds'] for t in trials):.3f} s, "
-        f"eval {statistics.median(t.user_attrs['eval_seconds'] for t in trials):.2f} s)"
+        f"(merge {statistics.median(t.user_attrs[A.MERGE_SECONDS] for t in trials):.3f} s, "
+        f"eval {statistics.median(t.user_attrs[A.EVAL_SECONDS] for t in trials):.2f} s)"
     )
     naive_totals = [d["total"] for d in naive.values()]
     print(

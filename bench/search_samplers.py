@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mergesearch.search import attrs as A  # noqa: E402
+
 CHECKPOINTS = (5, 10, 15, 20, 25, 30, 36, 50, 75, 100)
 
 
@@ -28,7 +30,7 @@ def curve(study) -> list[float]:
     """Best-so-far value after each search trial (in trial order), baselines left out."""
     best, out = float("-inf"), []
     for t in study.trials:
-        if "baseline" in t.user_attrs or t.state.name in ("RUNNING", "WAITING"):
+        if A.BASELINE in t.user_attrs or t.state.name in ("RUNNING", "WAITING"):
             continue
         if t.state.name == "COMPLETE":
             best = max(best, t.values[0])

@@ -12,6 +12,7 @@ from typing import Any
 from mergesearch.evaluators import lm_harness, perplexity, python_callable  # noqa: F401  (they register)
 from mergesearch.evaluators.base import EVALUATORS, Direction, EvalResult, Evaluator, register
 from mergesearch.evaluators.errors import EvaluatorError, EvaluatorRuntimeError
+from mergesearch.merging.errors import did_you_mean
 
 __all__ = [
     "EVALUATORS",
@@ -32,7 +33,10 @@ def get(name: str, **options: Any) -> Evaluator:
     """
     factory = EVALUATORS.get(name)
     if factory is None:
-        raise EvaluatorError(f"unknown evaluator {name!r}; known: {', '.join(sorted(EVALUATORS))}")
+        raise EvaluatorError(
+            f"unknown evaluator {name!r}{did_you_mean(name, EVALUATORS)}; "
+            f"known: {', '.join(sorted(EVALUATORS))}"
+        )
     try:
         inspect.signature(factory).bind(**options)
     except TypeError as err:

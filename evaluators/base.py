@@ -21,11 +21,15 @@ class EvalResult:
     ``metrics`` maps lm-eval style names (``"rev/exact_match,strip"``, ``"perplexity"``) to
     values. ``items`` maps the same names to per-item scores as ``(doc_id, score)`` pairs when
     the caller asked for them (pruning and paired comparisons need them), else stays empty.
+    ``requests`` counts what the model was asked (lm-eval generation and loglikelihood
+    requests, perplexity windows, a callable's own count): at real model sizes evaluation is
+    most of a search's cost, so the search budgets and reports it beside trials.
     """
 
     metrics: dict[str, float]
     items: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     seconds: float = 0.0
+    requests: int = 0
 
 
 class Evaluator(Protocol):

@@ -1,20 +1,19 @@
-"""Errors evaluators raise for users, with the exit codes the CLI maps them to.
+"""Errors evaluators raise for users, on the error kinds of ``merging.errors``.
 
-An ``EvaluatorError`` is bad input (exit 2): an unknown evaluator, task or metric, a missing
-data file, a bad option. An ``EvaluatorRuntimeError`` is a failure while scoring (exit 1).
-Messages are one line and name the evaluator or task they are about.
+An ``EvaluatorError`` is bad input (a ``ConfigError``: exit 2): an unknown evaluator, task or
+metric, a missing data file, a bad option. An ``EvaluatorRuntimeError`` is a failure while
+scoring (a ``MergeRuntimeError``: exit 1). Messages are one line and name the evaluator or
+task they are about.
 """
 
 from __future__ import annotations
 
+from mergesearch.merging.errors import ConfigError, MergeRuntimeError
 
-class EvaluatorError(ValueError):
+
+class EvaluatorError(ConfigError):
     """Bad input to an evaluator. The CLI exits with code 2."""
 
-    exit_code = 2
 
-
-class EvaluatorRuntimeError(RuntimeError):
+class EvaluatorRuntimeError(MergeRuntimeError):
     """A failure while evaluating that is not the user's input. The CLI exits with code 1."""
-
-    exit_code = 1

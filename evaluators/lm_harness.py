@@ -29,8 +29,9 @@ from mergesearch.evaluators.errors import EvaluatorError, EvaluatorRuntimeError
 DEFAULT_INCLUDE_PATH = TASKS_DIR
 
 # TaskManagers indexed in this process, by (include paths, whether lm-eval's own tasks are
-# indexed too). Indexing lm-eval's ~15k built-in tasks takes 10-30 s, a local folder ~10 ms,
-# so the built-in index is only built when a name is not found locally.
+# indexed too). Indexing lm-eval's thousands of built-in tasks takes seconds to tens of seconds,
+# a local folder next to nothing, so the built-in index is only built when a name is not found
+# locally (bench/RESULTS_demo.md, evaluator overhead).
 _MANAGERS: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 
@@ -44,7 +45,7 @@ class LMEvalEvaluator:
     task; default every metric), ``num_fewshot``, ``batch_size``, ``max_length``,
     ``gen_max_tokens`` (overrides the tasks' ``max_gen_toks``), ``limit`` (default per call),
     ``fewshot_seed``, ``builtin_tasks`` (also look names up among lm-eval's own tasks, which
-    takes 10-60 s to index, once per process; default true), ``threads``.
+    are slow to index, once per process; default true), ``threads``.
     """
 
     name = "lm_eval"
@@ -179,12 +180,23 @@ class LMEvalEvaluator:
         seed: int = 0,
         samples: Sequence[int] | None = None,
         per_item: bool = False,
+        exclude: Sequence[int] = (),
     ) -> EvalResult:
+        """Score the selected documents of every task; ``exclude`` leaves out documents a
+        caller scored already (staged evaluation adds items to a first look, it does not redo
+        them). A task left with no document is absent from the result."""
         started = time.perf_counter()
         limit = _check_limit(limit) if limit is not None else self.limit
         if samples is not None and limit is not None:
             raise EvaluatorError("lm_eval: give limit or samples, not both")
-        selections = {name: self._selection(name, limit, samples) for name in self.tasks}
+        skip = set(exclude)
+        selections = {
+            name: [d for d in self._selection(name, limit, samples) if d not in skip]
+            for name in self.tasks
+        }
+        selections = {name: docs for name, docs in selections.items() if docs}
+        if not selections:
+            return EvalResult(metrics={}, seconds=time.perf_counter() - started)
         lm = self._wrap(model, tokenizer)
         _seed_everything(seed)
 
@@ -210,6 +222,8 @@ class LMEvalEvaluator:
         accumulators = {}
         item_scores: dict[str, list[tuple[int, float]]] = {}
         for name, task in self.tasks.items():
+            if name not in requests:
+                continue
             raw, items = _score_task(task, requests[name])
             accumulators[name] = {"task": task, "raw_metrics": raw, "logged_samples": []}
             item_scores.update({f"{name}/{k}": v for k, v in items.items()})
@@ -224,15 +238,21 @@ class LMEvalEvaluator:
             if "," in key and "_stderr," not in key and isinstance(value, (int, float))
         }
         if self.metrics is not None:
-            missing = [m for m in self.metrics if m not in metrics]
+            scored = set(requests) | set(self.groups)
+            missing = [m for m in self.metrics if m not in metrics and _task_of(m) in scored]
             if missing:
                 task = missing[0].partition("/")[0]
                 raise EvaluatorError(
                     f"lm_eval task {task!r} produced no {missing[0].partition('/')[2]!r}"
                 )
-            metrics = {m: metrics[m] for m in self.metrics}
+            metrics = {m: metrics[m] for m in self.metrics if m in metrics}
         items = {m: item_scores[m] for m in metrics if m in item_scores} if per_item else {}
-        return EvalResult(metrics=metrics, items=items, seconds=time.perf_counter() - started)
+        return EvalResult(
+            metrics=metrics,
+            items=items,
+            seconds=time.perf_counter() - started,
+            requests=sum(len(batch) for batch in by_type.values()),
+        )
 
     def direction(self, metric: str) -> Direction:
         """From the task's ``higher_is_better``; a group's metric takes its tasks' direction."""
@@ -264,6 +284,10 @@ class LMEvalEvaluator:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _task_of(metric: str) -> str:
+    return metric.partition("/")[0]
 
 
 def _check_limit(limit: int | None) -> int | None:

@@ -100,7 +100,12 @@ class PerplexityEvaluator:
             items[f"{self.task}/perplexity"] = [
                 (i, math.exp(per_window[i][0] / per_window[i][1])) for i in chosen
             ]
-        return EvalResult(metrics=metrics, items=items, seconds=time.perf_counter() - started)
+        return EvalResult(
+            metrics=metrics,
+            items=items,
+            seconds=time.perf_counter() - started,
+            requests=len(chosen),
+        )
 
     def direction(self, metric: str) -> Direction:
         return "minimize"

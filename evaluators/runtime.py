@@ -35,8 +35,8 @@ def configure(threads: int | None = None) -> None:
     """Apply the evaluator process settings; ``threads=None`` keeps torch's current count.
 
     Rust tokenizers would run a thread pool of their own next to torch's: oversubscribed CPU
-    threads made evaluation 10-50x slower on a shared machine, so theirs is off unless the
-    user turned it on.
+    threads slow evaluation down by an order of magnitude on a shared machine, so theirs is off
+    unless the user turned it on.
     """
     force_offline()
     for name, level in LIBRARY_LOG_LEVELS.items():

@@ -34,9 +34,6 @@ class LayerName:
     index: int
     suffix: str  # everything after "prefix.index."
 
-    def renumbered(self, index: int) -> str:
-        return f"{self.prefix}.{index}.{self.suffix}"
-
 
 def parse_layer_name(name: str) -> LayerName | None:
     """``LayerName`` for tensors inside a layer, ``None`` for embeddings, norms, heads."""

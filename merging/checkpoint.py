@@ -289,6 +289,28 @@ def resolve_model_path(ref: str, *, allow_pickle: bool = False) -> Path:
         ) from None
 
 
+def check_dtypes_agree(name: str, sources: list[tuple[str, Checkpoint, str]]) -> None:
+    """Refuse tensor ``name`` when its sources disagree on floating point versus integer.
+
+    The byte length check of the header catches a dtype of the wrong size, not one of the same
+    size: a float32 tensor labelled ``I32`` has the right length and reads as integers around
+    1e9, which a merge would mix into the floats of the other sources. ``sources`` holds
+    ``(reference, checkpoint, tensor name in it)`` for every input of the tensor."""
+    infos = {ref: ckpt.tensors[tensor] for ref, ckpt, tensor in sources}
+    floating = [ref for ref, info in infos.items() if info.dtype.is_floating_point]
+    integer = [ref for ref, info in infos.items() if not info.dtype.is_floating_point]
+    if not floating or not integer:
+        return
+    odd, usual = (
+        (integer[0], floating[0]) if len(integer) <= len(floating) else (floating[0], integer[0])
+    )
+    raise ConfigError(
+        f"{infos[odd].file}: tensor {name!r} is stored as {infos[odd].dtype} but {usual!r} "
+        f"stores it as {infos[usual].dtype}; a header that names the wrong dtype means a damaged "
+        f"checkpoint: re-save or re-download {odd!r}"
+    )
+
+
 class CheckpointSet:
     """Opens each referenced model once per process; shared by every merge of a Merger."""
 

@@ -8,7 +8,6 @@ tensors) happen in ``merging.plan`` before any tensor is read.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from mergesearch.merging.errors import ConfigError
-from mergesearch.merging.methods import METHODS, BaseRole
+from mergesearch.merging.errors import ConfigError, did_you_mean
+from mergesearch.merging.methods import METHODS, BaseRole, MergeMethod
+from mergesearch.merging.yaml_io import read_yaml
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -167,12 +167,9 @@ def _check_keys(data: dict, allowed: tuple[str, ...], path: str, where: _Where) 
             continue
         if key in UNSUPPORTED_KEYS and path == "":
             raise where.error(key, f"is not supported ({UNSUPPORTED_KEYS[key]})")
-        hint = difflib.get_close_matches(str(key), allowed, n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        allowed_text = ", ".join(allowed)
         raise where.error(
             f"{path}.{key}" if path else str(key),
-            f"unknown key{suggestion} (allowed: {allowed_text})",
+            f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}",
         )
 
 
@@ -271,14 +268,7 @@ def _read_source(data: dict | str | Path) -> tuple[Any, str]:
     path = Path(data)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the path")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "invalid syntax"
-        raise ConfigError(f"{path}: malformed YAML{line}: {problem}") from None
-    return loaded, str(path)
+    return read_yaml(path), str(path)
 
 
 def load_merge_config(data: dict | str | Path, *, source_name: str | None = None) -> MergeConfig:
@@ -293,11 +283,10 @@ def load_merge_config(data: dict | str | Path, *, source_name: str | None = None
     if method_name is None:
         raise where.error("merge_method", f"is required (one of: {', '.join(sorted(METHODS))})")
     if method_name not in METHODS:
-        hint = difflib.get_close_matches(str(method_name), METHODS, n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
         raise where.error(
             "merge_method",
-            f"unknown method {method_name!r}{suggestion} (one of: {', '.join(sorted(METHODS))})",
+            f"unknown method {method_name!r}{did_you_mean(method_name, METHODS)}; "
+            f"one of: {', '.join(sorted(METHODS))}",
         )
     method = METHODS[method_name]
 
@@ -382,7 +371,7 @@ def _groups(config: MergeConfig) -> list[tuple[str, tuple[InputModel, ...]]]:
     return [(f"slices[{i}].sources", sl.sources) for i, sl in enumerate(config.slices or ())]
 
 
-def _check_method_shape(config: MergeConfig, method: Any, where: _Where) -> None:
+def _check_method_shape(config: MergeConfig, method: MergeMethod, where: _Where) -> None:
     """Base presence and input counts, per slice, as far as the YAML alone can tell."""
     if method.base == BaseRole.REQUIRED and config.base_model is None:
         raise where.error("base_model", f"is required by merge_method {method.name!r}")
@@ -393,7 +382,7 @@ def _check_method_shape(config: MergeConfig, method: Any, where: _Where) -> None
         else:
             count = len([r for r in refs if r != config.base_model])
         duplicates = {r for r in refs if refs.count(r) > 1}
-        if duplicates and method.name != "passthrough":
+        if duplicates and not method.stacks_layers:  # stacking may repeat a model's layers
             raise where.error(path, f"lists {sorted(duplicates)[0]!r} twice; list each model once")
         noun = "models" if method.base == BaseRole.IGNORED else "non-base models"
         if count < method.min_inputs:
@@ -411,7 +400,7 @@ def _check_method_shape(config: MergeConfig, method: Any, where: _Where) -> None
             )
 
 
-def _check_parameter_names(config: MergeConfig, method: Any, where: _Where) -> None:
+def _check_parameter_names(config: MergeConfig, method: MergeMethod, where: _Where) -> None:
     per_model, global_ = set(method.per_model_params), set(method.global_params)
     known = per_model | global_
 
@@ -419,14 +408,13 @@ def _check_parameter_names(config: MergeConfig, method: Any, where: _Where) -> N
         for key in params:
             if key in allowed:
                 continue
-            hint = difflib.get_close_matches(key, sorted(known), n=1)
-            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            suggestion = did_you_mean(key, sorted(known))
             scope = "per-model" if key in per_model else "global" if key in global_ else "a"
             listed = ", ".join(sorted(allowed)) or "none"
             raise where.error(
                 f"{path}.{key}",
-                f"is not {scope} parameter of merge_method {method.name!r}{suggestion} "
-                f"(allowed here: {listed})",
+                f"is not {scope} parameter of merge_method {method.name!r}{suggestion}; "
+                f"allowed here: {listed}",
             )
 
     check(config.parameters, "parameters", known)

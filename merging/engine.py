@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from mergesearch.merging.checkpoint import CheckpointSet
 from mergesearch.merging.config import MergeConfig, load_merge_config
 from mergesearch.merging.errors import ConfigError, MergeRuntimeError
+from mergesearch.merging.outputs import check_output, existing_file, source_models
 from mergesearch.merging.plan import MergePlan, TensorJob, TensorRef, _Planner
 from mergesearch.merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
 from mergesearch.merging.sinks import DiskSink, ModelSink, TensorSink, nbytes, parse_size
@@ -215,17 +216,27 @@ class Merger:
         copy_tokenizer: bool = True,
         overwrite: bool = False,
         progress: bool = True,
-        check_finite: bool = False,
+        check_finite: bool = True,
     ) -> Path:
-        """A complete Hugging Face folder at ``out_dir``, or nothing there at all."""
+        """A complete Hugging Face folder at ``out_dir``, or nothing there at all.
+
+        A merged tensor holding NaN or inf stops the merge (a NaN written to disk is found
+        only when someone evaluates the model): ``ConfigError`` when a source tensor is
+        already non-finite (a damaged checkpoint: bad input), else ``NonFiniteError``
+        (parameters that overflow). ``check_finite=False`` writes whatever comes out.
+        """
         config = _as_config(config)
         plan = self.plan(config)
         out_dir = Path(out_dir).absolute()
-        _refuse_output_inside_sources(out_dir, plan, self.checkpoints)
+        _check_output(out_dir, plan, config, self.checkpoints)
         entries = [(job.out_name, job.shape, self._out_dtype(plan, job)) for job in plan.jobs]
         sink = DiskSink(out_dir, entries, shard_size=parse_size(shard_size), overwrite=overwrite)
         try:
-            self._execute(plan, sink, _seed(config, seed), progress, check_finite)
+            try:
+                self._execute(plan, sink, _seed(config, seed), progress, check_finite)
+            except NonFiniteError:
+                self._refuse_damaged_sources(plan)
+                raise
             _write_metadata(sink.folder, plan, config, copy_tokenizer)
             return sink.finish()
         except OSError as err:
@@ -234,6 +245,21 @@ class Merger:
             ) from None
         finally:
             sink.close()
+
+    def _refuse_damaged_sources(self, plan: MergePlan) -> None:
+        """``ConfigError`` naming the first source tensor that holds NaN or inf, if any.
+
+        Run only after a merge produced a non-finite tensor, so the scan costs nothing when
+        merges succeed; it tells a damaged checkpoint (exit 2) from overflowing parameters.
+        """
+        for ref in plan.model_refs:
+            checkpoint = self.checkpoints.get(ref)
+            for name in checkpoint.names:
+                if not _finite(checkpoint.get(name)):
+                    raise ConfigError(
+                        f"{checkpoint.folder}: tensor {name!r} holds NaN or inf; the checkpoint "
+                        "is damaged: re-download or re-save it, or leave this model out"
+                    )
 
     def _out_dtype(self, plan: MergePlan, job: TensorJob) -> torch.dtype:
         if not job.mergeable:
@@ -384,16 +410,16 @@ def _seed(config: MergeConfig, seed: int | None) -> int:
     return config.seed if config.seed is not None else 0
 
 
-def _refuse_output_inside_sources(
-    out_dir: Path, plan: MergePlan, checkpoints: CheckpointSet
+def _check_output(
+    out_dir: Path, plan: MergePlan, config: MergeConfig, checkpoints: CheckpointSet
 ) -> None:
-    resolved = out_dir.resolve()
-    for ref in plan.model_refs:
-        folder = checkpoints.get(ref).folder.resolve()
-        if resolved == folder or folder in resolved.parents:
-            raise ConfigError(
-                f"{out_dir}: output folder is inside source model {ref!r}; choose another folder"
-            )
+    """The output must not be, contain or sit inside a source, nor be or contain the config
+    file, the working directory or the home folder (``merging.outputs``)."""
+    sources = [(ref, checkpoints.get(ref).folder) for ref in plan.model_refs]
+    if config.tokenizer_source not in (None, "base", *plan.model_refs):
+        sources.append((config.tokenizer_source, plan.tokenizer_model.folder))
+    protected = source_models(sources) + existing_file("the config file", config.source_name)
+    check_output(out_dir, protected)
 
 
 def _write_metadata(
@@ -424,7 +450,9 @@ def run_merge(
     """One merge from a mergekit-style config to a Hugging Face folder (the library entry point).
 
     ``kwargs`` go to ``Merger.merge_to_disk`` (seed, shard_size, copy_tokenizer, overwrite,
-    progress). No tensor cache: a one-off merge reads every source tensor once.
+    progress, check_finite), which also holds the policy ``mergesearch merge`` applies: a
+    non-finite result is refused, and a damaged source is named. No tensor cache: a one-off
+    merge reads every source tensor once.
     """
     merger = Merger(cache_bytes=0, allow_pickle=allow_pickle, threads=threads)
     try:

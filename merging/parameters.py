@@ -3,7 +3,7 @@
 Lookup order, first hit wins: the source's ``parameters``, the slice's, the top level's. A value
 is a scalar, a gradient (numbers interpolated over the layers of the slice) or a list of
 ``{filter, value}`` entries whose first substring match wins; when nothing matches, the lookup
-falls through to the next level. See ``shared/MERGE_METHODS.md``.
+falls through to the next level. ``docs/METHODS.md`` states the rules in full.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ from mergesearch.merging.architecture import (
     layer_suffixes,
     parse_layer_name,
 )
-from mergesearch.merging.checkpoint import Checkpoint, CheckpointSet
+from mergesearch.merging.checkpoint import Checkpoint, CheckpointSet, check_dtypes_agree
 from mergesearch.merging.config import InputModel, MergeConfig, Slice
+from mergesearch.merging.domains import domain_problem
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import METHODS, REQUIRED, BaseRole, MergeMethod
 from mergesearch.merging.parameters import LayerPosition, is_missing, resolve_parameter
@@ -151,12 +152,9 @@ class _Planner:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{self.where}: {context}: {key} must be a number, got {value!r}")
-        if key == "density" and not 0.0 < value <= 1.0:
-            raise ConfigError(
-                f"{self.where}: {context}: density {value} is outside (0, 1]; use a value in (0, 1]"
-            )
-        if key in ("gamma", "epsilon") and value < 0:
-            raise ConfigError(f"{self.where}: {context}: {key} {value} must be >= 0")
+        problem = domain_problem(key, value)
+        if problem is not None:
+            raise ConfigError(f"{self.where}: {context}: {problem}")
         return float(value)
 
     def _resolve(
@@ -195,6 +193,7 @@ class _Planner:
         info = ref_ckpt.tensors[ref_name]
         refs = {}
         shapes = {}
+        sources: list[tuple[str, Checkpoint, str]] = []
         for src in roles.sources + ([roles.base] if roles.base else []):
             ckpt = self.checkpoints.get(src.model)
             name = in_names[src.model]
@@ -207,6 +206,8 @@ class _Planner:
                 )
             refs[src.model] = name
             shapes[src.model] = ckpt.tensors[name].shape
+            sources.append((src.model, ckpt, name))
+        check_dtypes_agree(out_name, sources)
         rows = self._vocabulary_rows(out_name, shapes)
         shape = info.shape if rows is None else (rows, *info.shape[1:])
         if rows is None and len(set(shapes.values())) > 1:

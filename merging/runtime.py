@@ -3,19 +3,18 @@
 Threads: the engine computes several tensors at once, one per worker thread, each running torch
 ops single-threaded (ops release the GIL). Splitting every op across OpenMP threads instead
 spends most of the time in fork/join and spin-waits on the cache-sized blocks the methods use,
-and far more when other processes share the cores (linear took 36 s of CPU at 2 threads
-against 6 s at 1 on a loaded 2-core machine).
+and far more when other processes share the cores (``bench/RESULTS_merge.md``).
 
 Allocator: every tensor a merge reads or computes is new memory of the same few sizes. glibc
 serves blocks above its mmap threshold with fresh ``mmap`` pages and returns freed heap tops to
-the kernel, so each of them page-faults again: reading the benchmark family's three inputs cost
-3.6 s of system time against 1.2 s into reused buffers. Raising the threshold to its maximum
-(32 MiB), keeping freed memory and sharing one arena between threads lets the heap recycle it;
-the heap then holds about the merge's peak working set (a few tensors), not more.
+the kernel, so each of them page-faults again, several times the system time of reading into
+reused buffers. Raising the threshold to its maximum, keeping freed memory and sharing one
+arena between threads lets the heap recycle it; the heap then holds about the merge's peak
+working set (a few tensors), not more.
 
 That heap suits a streaming merge only. A search's tensor cache evicts tensors of many sizes in
-turn, and a recycling heap keeps their holes: RSS grew 1.3 GiB past the cache bound on the
-0.4B family (``bench/search_memory.py``). A process that caches therefore asks for the opposite
+turn, and a recycling heap keeps their holes: RSS grows well past the cache bound
+(``bench/search_memory.py``). A process that caches therefore asks for the opposite
 (``release_freed_memory``): a fixed, low mmap threshold, so every tensor larger than a method's
 working block is its own mapping and goes back to the kernel when freed; RSS then follows the
 tensors alive.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import shutil
 import threading
@@ -23,6 +22,7 @@ from typing import Any, BinaryIO, Protocol
 
 import torch
 
+from mergesearch.merging.atomic import cleanup_stale_temps, fsync_files, replace_dir, temp_sibling
 from mergesearch.merging.errors import ConfigError, MergeRuntimeError
 
 SAFETENSORS_NAMES = {
@@ -37,7 +37,6 @@ SAFETENSORS_NAMES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-TEMP_MARK = ".mergesearch-partial-"
 
 
 class TensorSink(Protocol):
@@ -185,9 +184,9 @@ class DiskSink:
         self.entries = list(entries)
         self.shards = _layout(self.entries, shard_size)
         self.expected = {name: (shape, dtype) for name, shape, dtype in self.entries}
-        cleanup_stale_temp_dirs(self.out_dir)
+        cleanup_stale_temps(self.out_dir)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out_dir.parent / f".{self.out_dir.name}{TEMP_MARK}{os.getpid()}"
+        self.tmp = temp_sibling(self.out_dir)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         try:
@@ -277,7 +276,7 @@ class DiskSink:
             total = sum(nbytes(shape, dtype) for _, shape, dtype in self.entries)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        _fsync_tree(self.tmp)
+        fsync_files(self.tmp)
         replace_dir(self.tmp, self.out_dir)
         self._finished = True
         return self.out_dir
@@ -289,46 +288,3 @@ class DiskSink:
             self._file = None
         if not self._finished and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with path.open("rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}{TEMP_MARK}old-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def cleanup_stale_temp_dirs(final: Path) -> None:
-    """Remove temporary siblings of ``final`` left by killed processes (their pid is gone)."""
-    parent = final.parent
-    if not parent.is_dir():
-        return
-    prefix = f".{final.name}{TEMP_MARK}"
-    for entry in parent.iterdir():
-        if not entry.name.startswith(prefix):
-            continue
-        pid_text = entry.name[len(prefix) :].removeprefix("old-")
-        if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

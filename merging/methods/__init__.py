@@ -1,9 +1,15 @@
 """Merge methods: importing this package registers every method in ``METHODS``."""
 
 from mergesearch.merging.methods import (
+    arcee_fusion,
+    karcher,
     linear,
     model_stock,
+    multislerp,
+    nearswap,
     passthrough,
+    ram,
+    sce,
     slerp,
     task_arithmetic,
 )
@@ -14,10 +20,16 @@ __all__ = [
     "REQUIRED",
     "BaseRole",
     "MergeMethod",
+    "arcee_fusion",
     "get_method",
+    "karcher",
     "linear",
     "model_stock",
+    "multislerp",
+    "nearswap",
     "passthrough",
+    "ram",
+    "sce",
     "slerp",
     "task_arithmetic",
 ]

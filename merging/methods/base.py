@@ -16,12 +16,14 @@ Adding a method is adding one module that calls ``register``: no if-chain anywhe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
 import torch
+
+from mergesearch.merging.errors import ConfigError, did_you_mean
 
 
 class BaseRole(str, Enum):
@@ -67,7 +69,8 @@ class MergeMethod:
     uses_randomness: bool = False
     # one line for model cards and reports: what the method does to the tensors
     description: str = ""
-    # where the method comes from (an arXiv abstract URL), linked from model cards
+    # where the method comes from (an arXiv abstract URL, empty when it has none), linked from
+    # model cards
     paper: str = ""
     # the output's layers are the inputs' layers stacked (passthrough): depth can change, no
     # tensor arithmetic happens, and a search picks slices instead of parameters
@@ -86,20 +89,10 @@ def register(method: MergeMethod) -> MergeMethod:
 
 def get_method(name: str) -> MergeMethod:
     """Look a method up by its YAML name; unknown names list the known ones."""
-    from mergesearch.merging.errors import ConfigError
-
     try:
         return METHODS[name]
     except KeyError:
         known = ", ".join(sorted(METHODS))
-        raise ConfigError(f"unknown merge_method {name!r}; choose one of: {known}") from None
-
-
-def method_from_function(name: str, **kwargs: Any) -> Callable[[MergeFunction], MergeFunction]:
-    """Decorator form of ``register`` for methods defined as plain functions."""
-
-    def wrap(fn: MergeFunction) -> MergeFunction:
-        register(MergeMethod(name=name, fn=fn, **kwargs))
-        return fn
-
-    return wrap
+        raise ConfigError(
+            f"unknown merge_method {name!r}{did_you_mean(name, METHODS)}; choose one of: {known}"
+        ) from None

@@ -46,6 +46,7 @@ register(
         per_model_params={"weight": REQUIRED},
         global_params={"normalize": True},
         min_inputs=1,
-        description="weighted average of the models (Model Soups)",
+        description="a weighted average of the models' weights (Model Soups)",
+        paper="https://arxiv.org/abs/2203.05482",
     )
 )

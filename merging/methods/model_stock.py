@@ -105,6 +105,10 @@ register(
         base=BaseRole.REQUIRED,
         global_params={"filter_wise": False},
         min_inputs=2,
-        description="interpolate base and average by the offsets' mean pairwise cosine",
+        description=(
+            "interpolation from the base towards the models' average by the mean angle "
+            "between their fine-tuning offsets (Model Stock)"
+        ),
+        paper="https://arxiv.org/abs/2403.19522",
     )
 )

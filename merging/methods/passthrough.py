@@ -34,6 +34,7 @@ register(
         per_model_params={"scale": None},
         min_inputs=1,
         max_inputs=1,
-        description="copy one model's tensor, times scale when given",
+        description="layers copied as they are (times scale when given), slices stacked",
+        stacks_layers=True,
     )
 )

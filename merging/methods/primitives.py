@@ -4,9 +4,11 @@ Nothing here knows about configs, files or model names. Masks are ``torch.bool``
 input's shape; no function modifies its arguments. Validation failures raise ``ConfigError`` with
 a one-line message naming the parameter; the engine prefixes the tensor name.
 
-Exact top-k: ``magnitude_mask`` and ``breadcrumbs_mask`` keep exactly ``k`` entries. Among equal
-magnitudes at the cut-off the lowest flat index wins, so the choice is deterministic (mergekit's
-choice follows a non-stable full sort instead; see MERGE_METHODS.md).
+The sparsifiers (``sparsifiers``) build on the counts and checks here; their whole-tensor
+statement, which the tests hold the blockwise code to, is ``tests/helpers/reference.py``.
+Exact top-k: a magnitude cut keeps exactly ``k`` entries, and among equal magnitudes at the
+cut-off the lowest flat index wins, so the choice is deterministic (mergekit's follows a
+non-stable full sort instead).
 """
 
 from __future__ import annotations
@@ -32,31 +34,6 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype sums over models run in: float32 for 16-bit floats, else ``dtype`` itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _scores(d: torch.Tensor) -> torch.Tensor:
-    """Flat ``|d|`` in a dtype that CPU selection kernels handle well (exact for 16-bit)."""
-    return d.detach().reshape(-1).abs().to(accumulation_dtype(d.dtype))
-
-
-def kth_largest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th largest value of a flat tensor (``1 <= k <= numel``), as a 0-dim tensor.
-
-    Exact; large tensors select inside a sampled bracket instead of quick-selecting everything.
-    """
-    flat = scores.reshape(-1)
-    value, _, _ = S.kth_largest(flat.__getitem__, flat.numel(), k)
-    return torch.tensor(value, dtype=scores.dtype)
-
-
-def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Mask of exactly ``k`` largest entries of ``scores``; equal values go lowest index first.
-
-    The order is total (value descending, then flat index ascending), so masks for different
-    ``k`` are nested: ``topk_mask(s, a) <= topk_mask(s, b)`` for ``a <= b``.
-    """
-    flat = scores.reshape(-1)
-    return S.select_top_k(flat.__getitem__, flat.numel(), k).mask(flat).reshape(scores.shape)
 
 
 def check_density(density: float) -> None:
@@ -103,61 +80,6 @@ def check_della(density: float, epsilon: float) -> None:
         )
 
 
-def magnitude_mask(d: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the ``floor(density * numel)`` entries of largest ``|d|`` over the whole tensor."""
-    check_density(density)
-    if density >= 1:
-        return torch.ones(d.shape, dtype=torch.bool, device=d.device)
-    return topk_mask(_scores(d), magnitude_count(d.numel(), density)).reshape(d.shape)
-
-
-def random_mask(d: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Keep each entry independently with probability ``density`` (DARE)."""
-    check_density(density)
-    if density >= 1:
-        return torch.ones(d.shape, dtype=torch.bool, device=d.device)
-    device = generator.device if generator is not None else d.device
-    draws = torch.rand(d.shape, generator=generator, device=device)
-    return (draws < density).to(d.device)
-
-
-def breadcrumbs_mask(d: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
-    """Drop the smallest and the ``gamma`` largest ``|d|``, keeping ``floor(density * n)``
-    (see ``breadcrumbs_counts``).
-
-    Deliberate difference from mergekit: there ``top == 0`` keeps nothing (its slice
-    ``[bottom:-0]`` is empty); here it keeps ``[bottom, n)``, i.e. plain magnitude pruning.
-    """
-    bottom, top = breadcrumbs_counts(d.numel(), density, gamma)
-    if density >= 1:
-        return torch.ones(d.shape, dtype=torch.bool, device=d.device)
-    scores = _scores(d)
-    mask = topk_mask(scores, d.numel() - bottom)
-    if top > 0:
-        mask &= ~topk_mask(scores, top)
-    return mask.reshape(d.shape)
-
-
-def della_mask(
-    d: torch.Tensor, density: float, epsilon: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """DELLA's MagPrune: keep probability grows linearly with the magnitude rank in each row.
-
-    Rows are the last dimension (a 1-D tensor is one row). Ranking ``|d|`` ascending (equal
-    values by index), ``r = rank / (len - 1)`` and the keep probability is
-    ``density - epsilon + 2 epsilon r``. A row of one element has ``r = 0.5`` (mergekit divides
-    0 by 0 there).
-    """
-    if density >= 1:
-        return torch.ones(d.shape, dtype=torch.bool, device=d.device)
-    check_della(density, epsilon)
-    width = d.shape[-1] if d.dim() >= 1 else 1
-    rows = d.detach().reshape(-1, width).abs()
-    device = generator.device if generator is not None else d.device
-    draws = torch.rand(rows.shape, generator=generator, device=device).to(d.device)
-    return della_keep(rows, draws, density, epsilon).reshape(d.shape)
-
-
 def della_probabilities(width: int, density: float, epsilon: float) -> torch.Tensor:
     """Keep probability by ascending rank within a row of ``width`` (float32, as DELLA draws)."""
     if width == 1:
@@ -182,8 +104,8 @@ def stable_row_order(values: torch.Tensor) -> torch.Tensor:
 
     For float32 and 16-bit floats the bits of a non-negative float32 order like its value, so
     ``bits << b | column`` are distinct int64 keys whose plain sort is that stable order; NumPy
-    sorts int64 with SIMD, about 4x faster than ``torch.sort(stable=True)`` on float rows (a
-    sort per row is most of DELLA's time).
+    sorts int64 with SIMD, several times faster than ``torch.sort(stable=True)`` on float rows
+    (a sort per row is most of DELLA's time; ``bench/RESULTS_merge.md``).
     """
     rows, width = values.shape
     if values.dtype == torch.float64 or rows * width == 0:
@@ -198,45 +120,31 @@ def stable_row_order(values: torch.Tensor) -> torch.Tensor:
 def dot(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Dot products along ``dim``, summed accurately.
 
-    ``torch.dot``, ``vecdot`` and ``vector_norm`` accumulate float32 naively on CPU: on a
-    45M-element tensor they are off by 1e-3 (dot) to 3e-2 (L1 norm) relative. ``sum`` uses
-    cascade summation and stays near 1e-8, at the price of one temporary.
+    ``torch.dot``, ``vecdot`` and ``vector_norm`` accumulate float32 naively on CPU, so their
+    relative error grows with the tensor's size and reaches visible digits on embedding-sized
+    tensors (``bench/RESULTS_merge.md``). ``sum`` uses cascade summation and stays accurate, at
+    the price of one temporary.
     """
     return (a * b).sum(dim=dim, dtype=accumulation_dtype(a.dtype))
 
 
-def l1_norm(x: torch.Tensor) -> float:
-    return float(x.abs().sum(dtype=accumulation_dtype(x.dtype)))
+def population_variance(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Elementwise variance over ``values`` (divided by their count), in their dtype.
 
-
-def l1_rescale(kept: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Scale ``kept`` so its L1 norm matches ``original``'s (unchanged if either is < 1e-7)."""
-    before = l1_norm(original)
-    after = l1_norm(kept)
-    if before < RESCALE_EPS or after < RESCALE_EPS:
-        return kept
-    return kept * (before / after)
-
-
-def apply_mask(d: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    """``d`` with dropped entries zeroed, L1-rescaled to ``d``'s norm when ``rescale``."""
-    kept = d * mask
-    return l1_rescale(kept, d) if rescale else kept
-
-
-def sign_consensus(weighted_deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """TIES sign election: one mask per delta, true where its sign agrees with the sum's.
-
-    The elected sign is ``+1`` where the sum of the weighted deltas is ``>= 0``, else ``-1``.
-    Zeros never agree, so pruned entries neither vote nor count in the divisor.
+    Welford's update in float64, which is what ``torch.var(torch.stack(values), dim=0,
+    unbiased=False)`` computes on CPU, bit for bit, without its scalar per-element loop.
     """
-    first, rest = weighted_deltas[0], weighted_deltas[1:]
-    total = first.to(accumulation_dtype(first.dtype), copy=True)
-    for delta in rest:
-        total += delta
-    positive = total >= 0
-    del total
-    return [torch.where(positive, delta, -delta) > 0 for delta in weighted_deltas]
+    mean = values[0].to(torch.float64, copy=True)  # after the first value: m2 = 0
+    m2: torch.Tensor | None = None
+    for count, value in enumerate(values[1:], start=2):
+        x = value.to(torch.float64, copy=True)
+        delta = x - mean
+        mean.add_(delta / count)
+        step = delta.mul_(x.sub_(mean))
+        m2 = step if m2 is None else m2.add_(step)
+    if m2 is None:
+        return torch.zeros_like(values[0])
+    return m2.div_(len(values)).to(values[0].dtype)
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -316,3 +224,70 @@ def nuslerp(
     if row_wise and not flatten and v0.dim() > 0:
         res = res.transpose(0, -1)
     return res.reshape(v0.shape).to(v0.dtype)
+
+
+# --- vectors in the span of the inputs (multislerp, karcher) -----------------------------------
+#
+# Methods that work on the sphere (normalise, average unit vectors, walk along geodesics) only
+# ever form linear combinations of their input vectors. Such a method can run on the inputs'
+# Gram matrix ``G_ij = v_i . v_j`` (one pass over the data) and describe every intermediate
+# vector by its coefficients ``c`` over the inputs (``|sum c_i v_i|^2 = c^T G c``); a second
+# pass forms the result. No copy, stack or unit vector of the tensor's size is ever made.
+
+
+def gram(vectors: Sequence[torch.Tensor], origin: torch.Tensor | None = None) -> torch.Tensor:
+    """``G_ij = (v_i - o) . (v_j - o)`` of flat tensors (``o = 0`` without ``origin``), float64.
+
+    Block by block: per-block dot products (``dot``, accurate) added up in float64.
+    """
+    flats = [v.detach().reshape(-1) for v in vectors]
+    o = origin.detach().reshape(-1) if origin is not None else None
+    n = len(flats)
+    sums = [[0.0] * n for _ in range(n)]
+    acc = accumulation_dtype(flats[0].dtype)
+    for sl in S.blocks(flats[0].numel()):
+        parts = [_offset(f[sl], o[sl] if o is not None else None, acc) for f in flats]
+        for i in range(n):
+            for j in range(i, n):
+                sums[i][j] += float(dot(parts[i], parts[j]))
+    g = torch.tensor(sums, dtype=torch.float64)
+    return torch.triu(g) + torch.triu(g, 1).T
+
+
+def _offset(v: torch.Tensor, o: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor:
+    """``v - o`` (or ``v``) in ``acc``; may be ``v`` itself, so callers must not write to it."""
+    return v.to(acc) if o is None else torch.sub(v.to(acc), o.to(acc))
+
+
+def span_norm(coefficients: torch.Tensor, g: torch.Tensor) -> float:
+    """``|sum c_i v_i|`` from the Gram matrix of the ``v_i`` (rounding below 0 reads as 0)."""
+    return math.sqrt(max(0.0, float(coefficients @ g @ coefficients)))
+
+
+def combine(
+    vectors: Sequence[torch.Tensor],
+    coefficients: Sequence[float],
+    origin: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``o + sum c_i (v_i - o)``, or ``sum c_i v_i`` without ``origin``, block by block.
+
+    Accumulates in float32 for 16-bit inputs and returns the inputs' dtype and shape.
+    """
+    first = vectors[0]
+    flats = [v.detach().reshape(-1) for v in vectors]
+    o = origin.detach().reshape(-1) if origin is not None else None
+    acc = accumulation_dtype(first.dtype)
+    out = torch.empty(first.numel(), dtype=first.dtype)
+    for sl in S.blocks(first.numel()):
+        total = None
+        for f, c in zip(flats, coefficients, strict=True):
+            term = _offset(f[sl], o[sl] if o is not None else None, acc)
+            if total is None:
+                total = term.mul(float32_scalar(c))  # a new tensor: never an input's storage
+            else:
+                total.add_(term, alpha=float32_scalar(c))
+        assert total is not None
+        if o is not None:
+            total.add_(o[sl])
+        out[sl] = total
+    return out.reshape(first.shape)

@@ -53,6 +53,7 @@ register(
         min_inputs=1,
         max_inputs=1,
         description="spherical interpolation from the base (t=0) to the other model (t=1)",
+        paper="",  # Shoemake's quaternion slerp (SIGGRAPH 1985) has no arXiv version
     )
 )
 
@@ -65,6 +66,9 @@ register(
         global_params={"nuslerp_flatten": True, "nuslerp_row_wise": False},
         min_inputs=2,
         max_inputs=2,
-        description="slerp of two models (or their task vectors) with t = w1 / (w0 + w1)",
+        description=(
+            "spherical interpolation of two models (or of their task vectors over the base) "
+            "with t = w1 / (w0 + w1)"
+        ),
     )
 )

@@ -149,13 +149,17 @@ def generalized_task_arithmetic(
 
 def _register(
     name: str,
+    *,
     sparsifier: SP.Sparsifier | None,
     consensus: bool,
     normalize: bool,
     rescale: bool,
     description: str,
+    paper: str,
     extra_per_model: Mapping[str, Any] | None = None,
 ) -> None:
+    """One YAML name of the family: its sparsifier, whether signs are elected, and the
+    defaults of ``normalize`` and ``rescale``."""
     register(
         MergeMethod(
             name=name,
@@ -171,48 +175,97 @@ def _register(
             min_inputs=0,  # with no other model the result is the base, as in mergekit
             uses_randomness=sparsifier in (SP.random, SP.della),
             description=description,
+            paper=paper,
         )
     )
 
 
+TASK_ARITHMETIC = "https://arxiv.org/abs/2212.04089"
+TIES = "https://arxiv.org/abs/2306.01708"
+DARE = "https://arxiv.org/abs/2311.03099"
+BREADCRUMBS = "https://arxiv.org/abs/2312.06795"
+DELLA = "https://arxiv.org/abs/2406.11617"
+
 # task_arithmetic accepts density (and rescale) like mergekit but has no sparsifier to use them.
-_register("task_arithmetic", None, False, False, False, "b + lambda * sum w_i (x_i - b)")
-_register("ties", SP.magnitude, True, True, False, "magnitude pruning + sign consensus (TIES)")
-_register("dare_linear", SP.random, False, False, True, "random drop + L1 rescale (DARE)")
-_register("dare_ties", SP.random, True, False, True, "random drop + rescale + sign consensus")
+_register(
+    "task_arithmetic",
+    sparsifier=None,
+    consensus=False,
+    normalize=False,
+    rescale=False,
+    description="the base plus a weighted sum of task vectors (model minus base)",
+    paper=TASK_ARITHMETIC,
+)
+_register(
+    "ties",
+    sparsifier=SP.magnitude,
+    consensus=True,
+    normalize=True,
+    rescale=False,
+    description=(
+        "task vectors trimmed by magnitude, signs elected, their disjoint mean added to the "
+        "base (TIES)"
+    ),
+    paper=TIES,
+)
+_register(
+    "dare_linear",
+    sparsifier=SP.random,
+    consensus=False,
+    normalize=False,
+    rescale=True,
+    description="task vectors randomly dropped and L1-rescaled, then summed (DARE)",
+    paper=DARE,
+)
+_register(
+    "dare_ties",
+    sparsifier=SP.random,
+    consensus=True,
+    normalize=False,
+    rescale=True,
+    description="task vectors randomly dropped and rescaled, then TIES sign election (DARE-TIES)",
+    paper=DARE,
+)
 _register(
     "breadcrumbs",
-    SP.breadcrumbs,
-    False,
-    False,
-    False,
-    "drop smallest and largest-outlier deltas (Model Breadcrumbs)",
-    {"gamma": 0.01},
+    sparsifier=SP.breadcrumbs,
+    consensus=False,
+    normalize=False,
+    rescale=False,
+    description="task vectors without their smallest and largest entries (Model Breadcrumbs)",
+    paper=BREADCRUMBS,
+    extra_per_model={"gamma": 0.01},
 )
 _register(
     "breadcrumbs_ties",
-    SP.breadcrumbs,
-    True,
-    False,
-    False,
-    "breadcrumbs + sign consensus",
-    {"gamma": 0.01},
+    sparsifier=SP.breadcrumbs,
+    consensus=True,
+    normalize=False,
+    rescale=False,
+    description="Model Breadcrumbs with TIES sign election",
+    paper=BREADCRUMBS,
+    extra_per_model={"gamma": 0.01},
 )
 _register(
     "della",
-    SP.della,
-    True,
-    True,
-    True,
-    "rank-based random drop + rescale + sign consensus (DELLA)",
-    {"epsilon": 0.15},
+    sparsifier=SP.della,
+    consensus=True,
+    normalize=True,
+    rescale=True,
+    description=(
+        "task vectors dropped at random with probabilities ranked by magnitude, rescaled, "
+        "then TIES sign election (DELLA)"
+    ),
+    paper=DELLA,
+    extra_per_model={"epsilon": 0.15},
 )
 _register(
     "della_linear",
-    SP.della,
-    False,
-    False,
-    True,
-    "rank-based random drop + rescale (DELLA without consensus)",
-    {"epsilon": 0.15},
+    sparsifier=SP.della,
+    consensus=False,
+    normalize=False,
+    rescale=True,
+    description="DELLA's magnitude-ranked random drop and rescale, without sign election",
+    paper=DELLA,
+    extra_per_model={"epsilon": 0.15},
 )

@@ -1,12 +1,12 @@
 """The single ``mergesearch`` entry point.
 
-Each subcommand lives in its own module under ``search/commands/`` and exposes
+Each subcommand lives in its own module under ``search/cli/`` and exposes
 ``add_arguments(parser)`` and ``run(args) -> int``; adding a command is adding its module to
 ``COMMANDS``. Only the chosen command's module is imported: the others pull in Optuna,
 SQLAlchemy or transformers, seconds of imports that a ``mergesearch merge`` never uses, and
-``--help`` lists every command from the table alone. Errors that users can fix (``MergeError``
-subclasses and other ``*Error`` types with an ``exit_code``) become one line on stderr and exit 2
-(bad input) or 1 (runtime failure); ``--debug`` shows the traceback instead.
+``--help`` lists every command from the table alone. Errors meant for users (``MergeError``
+and its subclasses in every package) become one line on stderr and exit 2 for bad input
+(``ConfigError``) or 1 for a runtime failure; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from mergesearch import __version__
+from mergesearch.search.cli.output import closed_output, hidden_passwords, hide_passwords
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,6 +72,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Search over LLM merge recipes, run one-off mergekit-style merges, ship the best.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -80,10 +84,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error_exit_code(err: BaseException) -> int | None:
-    """Exit code for errors meant for users, ``None`` for bugs (which keep their traceback)."""
-    code = getattr(err, "exit_code", None)
-    return code if isinstance(code, int) else None
+def user_error_exit_code(err: BaseException) -> int | None:
+    """2 for bad input, 1 for a runtime failure, ``None`` for bugs (they keep their traceback).
+
+    Imported here, not at the top: ``--help`` should not pay for loading torch.
+    """
+    from mergesearch.merging.errors import ConfigError, MergeError
+
+    if isinstance(err, ConfigError):
+        return 2
+    return 1 if isinstance(err, MergeError) else None
 
 
 # what running the same command again does after Ctrl-C: a study keeps its finished trials;
@@ -96,8 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(hidden_passwords)
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, not at Python's exit
+        return code
+    except BrokenPipeError:
+        return closed_output()
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(args.command, "start over (nothing half-written was kept)")
         print(
@@ -106,10 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     except Exception as err:
-        code = _user_error_exit_code(err)
+        code = user_error_exit_code(err)
         if code is None or args.debug:
             raise
-        print(f"mergesearch {args.command}: error: {err}", file=sys.stderr)
+        # a storage URL in a message from any library: never its password
+        print(f"mergesearch {args.command}: error: {hide_passwords(str(err))}", file=sys.stderr)
         return code
 
 

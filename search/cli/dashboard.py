@@ -6,9 +6,6 @@ import argparse
 
 from mergesearch.search.distributed.locate import add_target_arguments, open_study
 
-NAME = "dashboard"
-HELP = "serve optuna-dashboard on a study, each trial's merge config attached (127.0.0.1)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)

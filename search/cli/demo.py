@@ -8,34 +8,43 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from mergesearch.configs import SEARCHES_DIR
 from mergesearch.search.cli.checks import at_least_one
-from mergesearch.search.spec.schema import SAMPLERS
-
-NAME = "demo"
-HELP = "build the tiny demo models if missing and run the demo search end to end"
+from mergesearch.search.optimize.registry import SAMPLER_NAMES
 
 DEMO_SPEC = SEARCHES_DIR / "demo.yaml"
 MARGIN = 0.10  # what the best merge must gain over the best specialist, held out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mergesearch.search.cli.demo_build import add_build_arguments
-
     parser.add_argument("--seed", type=int, default=0, help="seed of the demo family (default: 0)")
     parser.add_argument("--n-trials", type=int, help="trials of the search (default: the spec's)")
-    parser.add_argument("--sampler", choices=SAMPLERS, help="override the demo spec's sampler")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="override the demo spec's sampler")
     parser.add_argument("--storage", help="study storage URL (default: results/<study>/study.db)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--fresh", action="store_true", help="delete an earlier demo study first")
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
     sub = parser.add_subparsers(dest="demo_command", metavar="{build}")
-    build = sub.add_parser("build", help="only build (or reuse) the demo family, print its table")
-    add_build_arguments(build)
+    build_parser = sub.add_parser(
+        "build", help="only build (or reuse) the demo family, print its table"
+    )
+    build_parser.add_argument(
+        "--seed", type=int, nargs="+", default=[0], help="seed(s) of the family (default: 0)"
+    )
+    build_parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder holding seed<k>/ (default: $MERGESEARCH_DEMO_DIR or ./results/demo-models)",
+    )
+    build_parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    build_parser.add_argument("--force", action="store_true", help="rebuild even if cached")
 
 
 def demo_spec(family: Any, seed: int) -> dict[str, Any]:
@@ -53,9 +62,7 @@ def demo_spec(family: Any, seed: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     if args.demo_command == "build":
-        from mergesearch.search.cli.demo_build import demo_build_command
-
-        return demo_build_command(args)
+        return build(args)
 
     from mergesearch.search.demo.family import (
         DemoRecipe,
@@ -86,13 +93,50 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     print()
-    print(result.summary.render())
+    print(result.summary.render(gains=False))
     print()
     print(verdict(result.summary, list(family.specialists)))
     took = time.perf_counter() - started
     print(f"\nstudy {result.spec.name!r} in {result.storage_url}; demo took {took:.0f} s")
     print(f"inspect it: mergesearch status {Path(result.storage_url.split(':///', 1)[-1]).parent}")
     return 0
+
+
+def build(args: argparse.Namespace) -> int:
+    """``demo build``: build (or reuse) the family of each seed and print its table."""
+    from mergesearch.search.demo.family import build_demo_family, default_demo_dir
+    from mergesearch.search.demo.table import print_table
+
+    _quiet_progress_bars()
+    out = args.out or default_demo_dir()
+    # the parent `demo` parser defines --seed too, as one int
+    seeds = args.seed if isinstance(args.seed, list) else [args.seed]
+    for seed in seeds:
+        started = time.perf_counter()
+        family = build_demo_family(out, seed=seed, threads=args.threads, force=args.force)
+        took = time.perf_counter() - started
+        how = (
+            f"cached (built in {family.build_seconds:.0f} s), loaded in {took:.1f} s"
+            if family.cached
+            else f"built in {took:.0f} s"
+        )
+        print_table(
+            family.table,
+            f"demo family seed {seed} at {family.root}: {how}\n"
+            "greedy exact match, held-out split (200 items per task)",
+        )
+    return 0
+
+
+def _quiet_progress_bars() -> None:
+    """The table is the output: no bars from tqdm, datasets or transformers in between."""
+    os.environ["TQDM_DISABLE"] = "1"
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -106,30 +150,26 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def verdict(summary: Any, specialists: list[str]) -> str:
-    """Lines comparing the best merge with the best specialist and the 50/50 average."""
+    """Lines comparing the best merge with the best specialist and the 50/50 average, each
+    gain with its standard error."""
     best = summary.best[0] if summary.best else None
-    rows = {r.label: r for r in summary.rows}
     if best is None or best.heldout_score is None:
         return "no completed merge with held-out scores yet"
-    top = max(
-        (rows[s] for s in specialists if s in rows and rows[s].heldout_score is not None),
-        key=lambda r: r.heldout_score,
-        default=None,
-    )
     lines = [f"best merge #{best.number} ({best.method}): held-out mean {best.heldout_score:.3f}"]
+    top = summary.best_source(specialists)
     if top is not None:
-        gain = best.heldout_score - top.heldout_score
-        ok = "yes" if gain >= MARGIN else "no"
+        gain = summary.gain(best, top)
+        ok = "yes" if gain.value >= MARGIN else "no"
         lines.append(
-            f"  vs best specialist ({top.label}, {top.heldout_score:.3f}): {gain:+.3f} "
+            f"  vs best specialist ({top.label}, {top.heldout_score:.3f}): {gain.describe()} "
             f"(at least +{MARGIN:.2f}: {ok})"
         )
-    average = rows.get("average")
+    average = summary.row("average")
     if average is not None and average.heldout_score is not None:
-        gain = best.heldout_score - average.heldout_score
+        gain = summary.gain(best, average)
+        beats = "yes" if gain.value > 0 else "no"
         lines.append(
-            f"  vs 50/50 average ({average.heldout_score:.3f}): {gain:+.3f} "
-            f"(beats it: {'yes' if gain > 0 else 'no'})"
+            f"  vs 50/50 average ({average.heldout_score:.3f}): {gain.describe()} (beats it: {beats})"
         )
     return "\n".join(lines)
 

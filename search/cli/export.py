@@ -9,9 +9,6 @@ from mergesearch.search.cli.checks import at_least_one
 from mergesearch.search.distributed.locate import add_target_arguments, open_study
 from mergesearch.search.optimize.trials import PICKS
 
-NAME = "export"
-HELP = "rebuild a trial's merged model (default: the best) with its mergekit YAML and model card"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)

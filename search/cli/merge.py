@@ -5,16 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import torch
-
 from mergesearch.merging import Merger, load_merge_config
-from mergesearch.merging.config import DTYPES, MergeConfig
-from mergesearch.merging.engine import DEFAULT_SHARD_SIZE, NonFiniteError
-from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.config import DTYPES
+from mergesearch.merging.engine import DEFAULT_SHARD_SIZE
 from mergesearch.search.cli.checks import at_least_one
-
-NAME = "merge"
-HELP = "run one merge from a mergekit-style YAML into a Hugging Face model folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,42 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Merge with the library's policy (``Merger.merge_to_disk``: a NaN/inf result or a damaged
+    source is refused); errors reach the user through the entry point's one-line format."""
     at_least_one("--threads", args.threads)
     config = load_merge_config(args.config)
     if args.dtype:
         config = dataclasses.replace(config, dtype=args.dtype, out_dtype=args.dtype)
     merger = Merger(cache_bytes=0, allow_pickle=args.allow_pickle, threads=args.threads)
-    try:
-        out = merger.merge_to_disk(
-            config,
-            args.out_dir,
-            seed=args.seed,
-            shard_size=args.out_shard_size,
-            copy_tokenizer=args.copy_tokenizer,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            check_finite=True,  # a NaN written to disk is found only when someone evaluates it
-        )
-    except NonFiniteError:
-        damaged_source(merger, config)
-        raise
+    out = merger.merge_to_disk(
+        config,
+        args.out_dir,
+        seed=args.seed,
+        shard_size=args.out_shard_size,
+        copy_tokenizer=args.copy_tokenizer,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     plan = merger.plan(config)
     print(f"merged {len(plan.jobs)} tensors ({plan.method.name}) into {out}")
     return 0
-
-
-def damaged_source(merger: Merger, config: MergeConfig) -> None:
-    """Raise ``ConfigError`` naming the first source tensor holding NaN or inf, if any.
-
-    Run only after a merge produced a non-finite tensor, so the scan costs nothing on success;
-    it tells a damaged checkpoint (bad input, exit 2) from parameters that overflow (exit 1).
-    """
-    for ref in config.model_refs:
-        checkpoint = merger.checkpoints.get(ref)
-        for name in checkpoint.names:
-            tensor = checkpoint.get(name)
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise ConfigError(
-                    f"{checkpoint.folder}: tensor {name!r} holds NaN or inf; the checkpoint is "
-                    "damaged: re-download or re-save it, or leave this model out"
-                )

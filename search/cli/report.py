@@ -10,9 +10,6 @@ from mergesearch.search.cli.checks import at_least_one
 from mergesearch.search.distributed.locate import add_target_arguments, open_study
 from mergesearch.search.optimize.trials import PICKS
 
-NAME = "report"
-HELP = "write report.html (self-contained, offline) and PNG plots of a study"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)

@@ -10,16 +10,16 @@ import argparse
 import os
 import signal
 
-from mergesearch.search.distributed.workers import WORKER_ENV
+from mergesearch.search import attrs as A
+from mergesearch.search.distributed.urls import hide_password
+from mergesearch.search.distributed.workers import STORAGE_ENV, WORKER_ENV
 from mergesearch.search.errors import SpecError
-from mergesearch.search.spec.schema import SAMPLERS
+from mergesearch.search.optimize.outcome import refuse_all_failed
+from mergesearch.search.optimize.registry import SAMPLER_NAMES
 
-NAME = "search"
-HELP = "run (or resume) an evolutionary/Bayesian search over merge recipes"
-
-# override key -> flag, for the command line of each worker that ``--workers`` starts
+# override key -> flag, for the command line of each worker that ``--workers`` starts (the
+# storage URL goes through the environment, STORAGE_ENV: it may carry a password)
 FLAGS = {
-    "storage": "--storage",
     "study_name": "--study-name",
     "n_trials": "--n-trials",
     "timeout": "--timeout",
@@ -35,13 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         help="study storage URL: sqlite:///PATH, postgresql+psycopg2://USER:PASS@HOST/DB, "
-        "mysql+pymysql://..., journal:PATH (default: sqlite:///results/<study>/study.db); "
-        "processes on the same URL and study name share one search",
+        "mysql+pymysql://..., journal:PATH (default: $MERGESEARCH_STORAGE, else "
+        "sqlite:///results/<study>/study.db); processes on the same URL and study name share "
+        "one search. A URL with a password is safer in $MERGESEARCH_STORAGE: a command line "
+        "is visible to every user of the machine",
     )
     parser.add_argument("--study-name", help="study name (default: the spec's name)")
     parser.add_argument("--n-trials", type=int, help="total trials of the study (budget)")
     parser.add_argument("--timeout", help="stop starting trials after this long (600, 30m, 2h)")
-    parser.add_argument("--sampler", choices=SAMPLERS, help="override the spec's sampler")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="override the spec's sampler")
     parser.add_argument("--seed", type=int, help="override the spec's seed")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: spec, 1)")
     parser.add_argument(
@@ -68,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def overrides(args: argparse.Namespace) -> dict:
     return {
-        "storage": args.storage,
+        "storage": args.storage or os.environ.get(STORAGE_ENV) or None,
         "study_name": args.study_name,
         "n_trials": args.n_trials,
         "timeout": args.timeout,
@@ -98,11 +100,13 @@ def run(args: argparse.Namespace) -> int:
     worker = os.environ.get(WORKER_ENV)
     if worker is not None:  # one of several: the parent prints the summary once
         print(f"worker {worker} done: {ran}")
-        return 0
-    print(result.summary.render())
-    print(
-        f"\nstudy {result.spec.name!r} in {result.storage_url}: {len(result.study.trials)} trials ({ran})"
-    )
+    else:
+        print(result.summary.render())
+        print(
+            f"\nstudy {result.spec.name!r} in {hide_password(result.storage_url)}: "
+            f"{len(result.study.trials)} trials ({ran})"
+        )
+    refuse_all_failed(result.study)
     return 0
 
 
@@ -129,29 +133,32 @@ def _run_workers(args: argparse.Namespace) -> int:
     for key, value in overrides(args).items():
         if key in FLAGS and value is not None:
             argv += [FLAGS[key], str(value)]
-    if args.storage is None:
-        argv += ["--storage", url]
     print(
-        f"starting {args.workers} workers on {url} (study {spec.name!r}), "
+        f"starting {args.workers} workers on {hide_password(url)} (study {spec.name!r}), "
         f"{threads} torch thread(s) each, {workers.cores()} core(s)",
         flush=True,
     )
-    started = workers.start_workers(argv, args.workers, threads)
+    # the URL reaches the workers through their environment: a command line is readable by
+    # every user of the machine (ps), and the URL may carry a password
+    started = workers.start_workers(argv, args.workers, threads, env={STORAGE_ENV: url})
     codes = workers.wait_for(started)
 
     try:
         study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
     except KeyError:  # every worker stopped before creating the study: their lines say why
-        print(f"no study {spec.name!r} in {url}; worker exit codes: {codes}")
+        print(f"no study {spec.name!r} in {hide_password(url)}; worker exit codes: {codes}")
         return workers.exit_code(codes)
     by_worker: dict[str, int] = {}
     for trial in study.get_trials(deepcopy=False):
-        if trial.state.is_finished() and "worker" in trial.user_attrs:
-            by_worker[trial.user_attrs["worker"]] = by_worker.get(trial.user_attrs["worker"], 0) + 1
+        if trial.state.is_finished() and A.WORKER in trial.user_attrs:
+            by_worker[trial.user_attrs[A.WORKER]] = by_worker.get(trial.user_attrs[A.WORKER], 0) + 1
     for worker, code in zip(started, codes, strict=True):
         state = "ok" if code == 0 else f"exit {code}"
         count = by_worker.get(worker.name, 0)
         print(f"worker {worker.index} ({worker.name}): {state}, {count} trial(s) finished")
     print(summarize(study).render())
-    print(f"\nstudy {spec.name!r} in {url}: {len(study.trials)} trials")
-    return workers.exit_code(codes)
+    print(f"\nstudy {spec.name!r} in {hide_password(url)}: {len(study.trials)} trials")
+    code = workers.exit_code(codes)
+    if code == 0:
+        refuse_all_failed(study)
+    return code

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-NAME = "status"
-HELP = "show a study's trials: state, parameters, scores, timings, best so far"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -56,22 +53,26 @@ def render_trials(rows: list[dict], objectives: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import optuna
+    from mergesearch.search.distributed.locate import open_study
+    from mergesearch.search.distributed.urls import hide_password
+    from mergesearch.search.optimize.summary import (
+        items_spent,
+        objective_names,
+        summarize,
+        trials_table,
+    )
 
-    from mergesearch.search.distributed.storage import open_storage, pick_study_name, resolve_target
-    from mergesearch.search.optimize.summary import objective_names, summarize, trials_table
-
-    url = resolve_target(args.target)
-    storage = open_storage(url)
-    name = pick_study_name(storage, url, args.study_name)
-    study = optuna.load_study(study_name=name, storage=storage)
+    study, location = open_study(args.target, args.study_name)  # creates nothing
+    name, url = study.study_name, hide_password(location.storage_url)
     rows = trials_table(study)
     if args.last:
         rows = rows[-args.last :]
     counts: dict[str, int] = {}
     for r in trials_table(study):
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    print(f"study {name!r} in {url}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    spent = items_spent(study.get_trials(deepcopy=False))
+    states = ", ".join(f"{n} {s}" for s, n in counts.items())
+    print(f"study {name!r} in {url}: {states}; {spent:,} items evaluated")
     print(render_trials(rows, objective_names(study)))
     summary = summarize(study)
     if summary.rows:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-NAME = "upload"
-HELP = "upload a model folder to the Hugging Face Hub (token from HF_TOKEN or the login cache)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", help="exported model folder (e.g. results/<study>/best)")

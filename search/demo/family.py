@@ -1,21 +1,23 @@
 """The demo model family: a tiny Llama base and two specialists, built offline in minutes.
 
-The recipe (``DemoRecipe``) starts from the one ``shared/DEMO_NOTES.md`` found: the base is
-pretrained on seven string tasks with the two target tasks (``rev``, ``up``) rare in the mix,
-so it knows them only a little; each specialist is then fine-tuned on one target task while
-replaying the five non-target tasks, never the other target. Two changes made it hold on every
-seed here: the base trains 600 steps instead of 300 (a base that cannot yet copy letters
-reliably leaves each specialist to build its own letter tracking, and merged models then drop
-or repeat letters), and the specialists train gently (lr 5e-4, 150 steps instead of 1e-3, 200),
-which keeps their task vectors small enough to add. A well-chosen merge then beats both
-specialists by a wide margin; the naive 50/50 average does not. After pretraining, the base
-trains on until it knows each target a little (probe exact match 0.2 for ``rev``, 0.3 for
-``up``): every family whose merges lost ``up`` had a base that barely knew it.
+The recipe (``DemoRecipe``): the base is pretrained on seven string tasks with the target
+tasks (``rev``, ``up``) rare in the mix, long enough to copy letters reliably, then trained on
+until a probe shows it knows each target a little (its floor); each specialist is fine-tuned
+gently from it on one target while replaying the non-target tasks, never the other target, and
+stops once it has learnt its task. Task vectors built on skills the base shares, and kept
+small, add up: a well-chosen merge then beats both specialists, the naive average does not.
+``docs/DEMO.md`` explains each of these conditions; ``bench/RESULTS_demo.md`` has the scores
+and the recipes tried on the way.
 
 Everything is deterministic for a given seed, thread count and CPU (tokenizer, data order,
 initialisation; another CPU's matrix kernels sum in another order and train another family),
 and a family is cached: ``manifest.json``, written last, records the recipe hash and the table,
 and a second call with the same recipe and seed returns it without training.
+
+The targets are a field of the recipe (``targets``, the demo's ``rev`` and ``up`` by default):
+any 2 or 3 of the seven tasks, each with its own floor, so the same recipe builds families for
+other task sets (the search-efficacy suite merges several). A family of other targets lies in
+its own folder (``layout.family_dirname``) with its targets' lm-eval files inside (``tasks/``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,17 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from mergesearch.merging.atomic import atomic_write_text, cleanup_stale_temps, temp_sibling
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.outputs import check_output
 from mergesearch.search.demo import tasks as demo_tasks
-from mergesearch.search.demo.layout import BASE_DIR, MANIFEST, SPECIALISTS, specialist_dir
+from mergesearch.search.demo.layout import (
+    BASE_DIR,
+    MANIFEST,
+    TASKS_SUBDIR,
+    family_dirname,
+    specialist_dir,
+)
 from mergesearch.search.demo.table import TABLE_KEY, family_table
 
 RECIPE_VERSION = 7
@@ -58,9 +69,9 @@ class DemoRecipe:
     warmup_steps: int = 30
     base_steps: int = 600
     base_lr: float = 2e-3
-    base_target_weight: float = 0.1  # weight of rev and up in the base mixture (others: 1.0)
+    base_target_weight: float = 0.1  # weight of each target in the base mixture (others: 1.0)
     # then trained on until it knows each target this much (probe exact match); `up` higher:
-    # merges keep it only when the base knows it (held-out fails at base `up` 0.19-0.30)
+    # merges keep it only when the base knows it
     base_floors: tuple[tuple[str, float], ...] = (("rev", 0.2), ("up", 0.3))
     base_boost_weight: float = 0.3
     base_extra_lr: float = 5e-4
@@ -71,11 +82,32 @@ class DemoRecipe:
     check_every: int = 25
     probe_words: int = 64  # training-distribution words, never an evaluation word
     replay_fraction: float = 0.5  # of each specialist batch, drawn from the non-target tasks
+    # what the specialists learn (2 or 3 of demo_tasks.TASKS); a target that base_floors does
+    # not list gets other_floor
+    targets: tuple[str, ...] = demo_tasks.EVAL_TASKS
+    other_floor: float = 0.2
+
+    def __post_init__(self) -> None:
+        targets = demo_tasks.check_tasks(self.targets)
+        if not 2 <= len(set(targets)) == len(targets) <= 3:
+            raise ValueError(f"targets: give 2 or 3 distinct demo tasks, got {list(targets)}")
+        object.__setattr__(self, "targets", targets)
+
+    def floor(self, target: str) -> float:
+        """Probe exact match the base must reach on ``target`` before specialists train."""
+        return dict(self.base_floors).get(target, self.other_floor)
 
     def digest(self, seed: int) -> str:
+        """Hash of everything that decides the weights. Fields added after recipe 7 enter it
+        only when they differ from their defaults: the families built before they existed
+        (the demo's targets) keep their digest, so their caches stay valid."""
+        recipe = asdict(self)
+        for name, default in LATER_FIELDS.items():
+            if recipe[name] == default:
+                del recipe[name]
         blob = json.dumps(
             {
-                "recipe": asdict(self),
+                "recipe": recipe,
                 "seed": seed,
                 "version": RECIPE_VERSION,
                 "data_seed": demo_tasks.DATA_SEED,
@@ -83,6 +115,9 @@ class DemoRecipe:
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+LATER_FIELDS: dict[str, Any] = {"targets": demo_tasks.EVAL_TASKS, "other_floor": 0.2}
 
 
 @dataclass
@@ -166,7 +201,11 @@ def build_model(
 
 
 def _batches(
-    tokenizer: Any, weights: dict[str, float], batch_size: int, rng: random.Random
+    tokenizer: Any,
+    weights: dict[str, float],
+    batch_size: int,
+    rng: random.Random,
+    targets: tuple[str, ...] = demo_tasks.EVAL_TASKS,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (input_ids, labels) batches drawn from a task mixture.
 
@@ -175,7 +214,7 @@ def _batches(
     attention mask in a causal model: pads come after every token that is scored.
     """
     names = sorted(weights)
-    words = demo_tasks.training_words(rng)
+    words = demo_tasks.training_words(rng, targets)
     while True:
         tasks = rng.choices(names, [weights[n] for n in names], k=batch_size)
         batch = [(t, next(words)) for t in tasks]
@@ -211,7 +250,7 @@ def train(
     With ``until``, the rate stays constant after the warm-up and training stops at the first
     check (every ``recipe.check_every`` steps) where ``until(model)`` holds, ``steps`` at most.
     """
-    # eager attention: ~25% faster than sdpa at this size on CPU; not saved in the config
+    # eager attention: faster than sdpa at this size on CPU; not saved in the config
     attention = model.config._attn_implementation
     model.set_attn_implementation("eager")
     model.train()
@@ -224,7 +263,7 @@ def train(
         return 1.0 if until else max(0.0, (steps - step) / max(1, steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    batches = _batches(tokenizer, weights, recipe.batch_size, rng)
+    batches = _batches(tokenizer, weights, recipe.batch_size, rng, recipe.targets)
     for step in range(1, steps + 1):
         input_ids, labels = next(batches)
         loss = model(input_ids=input_ids, labels=labels).loss
@@ -267,12 +306,13 @@ def probe_exact_match(
 
 def base_mixture(recipe: DemoRecipe) -> dict[str, float]:
     return {
-        name: recipe.base_target_weight if name in SPECIALISTS else 1.0 for name in demo_tasks.TASKS
+        name: recipe.base_target_weight if name in recipe.targets else 1.0
+        for name in demo_tasks.TASKS
     }
 
 
 def specialist_mixture(target: str, recipe: DemoRecipe) -> dict[str, float]:
-    replay = [name for name in demo_tasks.TASKS if name not in SPECIALISTS]
+    replay = [name for name in demo_tasks.TASKS if name not in recipe.targets]
     mix = {name: recipe.replay_fraction / len(replay) for name in replay}
     mix[target] = 1.0 - recipe.replay_fraction
     return mix
@@ -300,7 +340,7 @@ def build_demo_family(
     ``threads`` threads meanwhile (restored afterwards).
     """
     recipe = recipe or DemoRecipe()
-    root = (out_dir or default_demo_dir()) / f"seed{seed}"
+    root = (out_dir or default_demo_dir()) / family_dirname(recipe.targets, seed)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -329,11 +369,26 @@ def build_demo_family(
         torch.set_num_threads(previous_threads)
 
 
+def check_family_folder(root: Path) -> None:
+    """A rebuild replaces ``root``: refuse (exit 2) unless it is a new or empty folder or a demo
+    family (it holds the manifest), and never the working directory, the home folder or a
+    folder holding them (``merging.outputs``)."""
+    check_output(root, [], flag="demo family")
+    if root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).is_file():
+        raise ConfigError(
+            f"{root}: holds files but no demo family ({MANIFEST}); the demo replaces only its "
+            "own folders: choose another --out"
+        )
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root}: is a file; choose another --out for the demo family")
+
+
 def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
     """Train base and specialists into a temporary folder, then rename it to ``root``."""
+    check_family_folder(root)  # before minutes of training, not after
     started = time.perf_counter()
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(root)
+    cleanup_stale_temps(root)
     try:
         tokenizer = build_tokenizer(recipe.vocab_size)
         base = build_model(tokenizer, recipe, seed)
@@ -346,19 +401,20 @@ def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
             recipe=recipe,
             rng=random.Random(seed),
         )
-        words = demo_tasks.training_words(random.Random(seed + demo_tasks.DATA_SEED))
+        words = demo_tasks.training_words(
+            random.Random(seed + demo_tasks.DATA_SEED), recipe.targets
+        )
         probe = [next(words) for _ in range(recipe.probe_words)]
         # Whether the base picks up the rare target tasks at all varies with the seed; the
         # specialists' task vectors only add up when it knows each of them a little. So keep
         # training it until each target reaches its `base_floors` value on the probe, boosting only the
         # targets still below it (`up` is learnt much faster than `rev` and would overshoot).
         mixture = base_mixture(recipe)
-        floors = dict(recipe.base_floors)
 
         def knows_targets(model: LlamaForCausalLM) -> bool:
-            scores = {t: probe_exact_match(model, tokenizer, t, probe) for t in SPECIALISTS}
-            low = {t for t, score in scores.items() if score < floors[t]}
-            for t in SPECIALISTS:  # the batches read the mixture as it changes
+            scores = {t: probe_exact_match(model, tokenizer, t, probe) for t in recipe.targets}
+            low = {t for t, score in scores.items() if score < recipe.floor(t)}
+            for t in recipe.targets:  # the batches read the mixture as it changes
                 mixture[t] = recipe.base_boost_weight if t in low else recipe.base_target_weight
             return not low
 
@@ -374,7 +430,7 @@ def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
                 until=knows_targets,
             )
         _save(base, tokenizer, tmp / BASE_DIR)
-        for k, target in enumerate(SPECIALISTS, start=1):
+        for k, target in enumerate(recipe.targets, start=1):
             model = LlamaForCausalLM.from_pretrained(tmp / BASE_DIR)
             train(
                 model,
@@ -389,12 +445,14 @@ def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
                 ),
             )
             _save(model, tokenizer, tmp / specialist_dir(target))
+        if recipe.targets != demo_tasks.EVAL_TASKS:  # the demo's own are in configs/tasks
+            demo_tasks.write_task_files(tmp / TASKS_SUBDIR, recipe.targets)
         manifest = {
             "recipe": asdict(recipe),
             "digest": recipe.digest(seed),
             "seed": seed,
             "base": BASE_DIR,
-            "specialists": {t: specialist_dir(t) for t in SPECIALISTS},
+            "specialists": {t: specialist_dir(t) for t in recipe.targets},
             "table": [],
             "build_seconds": round(time.perf_counter() - started, 1),
         }
@@ -431,9 +489,7 @@ def load_demo_family(
 
 def _write_json(path: Path, data: dict) -> None:
     """Write ``path`` atomically: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _save(model: LlamaForCausalLM, tokenizer: Any, path: Path) -> None:

@@ -1,7 +1,8 @@
 """The demo family's table: does merging matter? Scored with the real lm_eval evaluator.
 
-Rows: the base, each specialist, the naive 50/50 average of the specialists and a hand-picked
-merge, each as mean greedy exact match on the held-out split of ``rev`` and ``up``. Merges are
+Rows: the base, each specialist, the naive 50/50 average of the specialists (1/3 each for three)
+and a hand-picked merge, each as mean greedy exact match on the held-out split of the family's
+targets (``rev`` and ``up`` for the demo; the manifest names a family's own). Merges are
 mergekit-style configs (plain dicts), written into one live model in place, as a search does.
 """
 
@@ -13,26 +14,39 @@ from pathlib import Path
 from typing import Any
 
 from mergesearch.search.demo import tasks as demo_tasks
-from mergesearch.search.demo.layout import BASE_DIR, SPECIALISTS, specialist_dir
+from mergesearch.search.demo.layout import (
+    BASE_DIR,
+    family_targets,
+    specialist_dir,
+    task_folder,
+)
 
 METRIC = "exact_match,strip"
-SPECIALIST_DIRS = {t: specialist_dir(t) for t in SPECIALISTS}
 
-# TIES, density 0.3, lambda 1.0: the best or near-best held-out merge on every seed of the
-# final recipe (bench/demo_family.py searches a 35-merge grid; plain task arithmetic, weights
-# 1/1, ranged from 0.42 to 0.69 there).
+# TIES, density 0.3, lambda 1.0: a merge in the good region on every seed of the recipe (the
+# grid of bench/demo_family.py; scores in bench/RESULTS_demo.md), so the table shows what one
+# reasonable hand-made merge gives before any search.
 HAND_PICKED = {"merge_method": "ties", "density": 0.3, "lambda": 1.0}
 # What the table measures; a cached family whose table was made otherwise is re-scored.
 TABLE_KEY = json.dumps({"hand_picked": HAND_PICKED, "metric": METRIC}, sort_keys=True)
 
 
+def average_label(n_specialists: int) -> str:
+    """The table's name of the naive average (tests and benches look rows up by it)."""
+    return "50/50 average" if n_specialists == 2 else f"1/{n_specialists} average"
+
+
+def _specialist_dirs(root: Path) -> dict[str, str]:
+    return {t: specialist_dir(t) for t in family_targets(root)}
+
+
 def average_config(root: Path) -> dict[str, Any]:
-    """The naive merge: the two specialists averaged, weight 0.5 each."""
+    """The naive merge: the specialists averaged, equal weights."""
+    dirs = _specialist_dirs(root)
     return {
         "merge_method": "linear",
         "models": [
-            {"model": str(root / d), "parameters": {"weight": 0.5}}
-            for d in SPECIALIST_DIRS.values()
+            {"model": str(root / d), "parameters": {"weight": 1 / len(dirs)}} for d in dirs.values()
         ],
         "dtype": "float32",
     }
@@ -44,7 +58,7 @@ def ties_config(root: Path, density: float, lam: float) -> dict[str, Any]:
         "base_model": str(root / BASE_DIR),
         "models": [
             {"model": str(root / d), "parameters": {"weight": 1.0, "density": density}}
-            for d in SPECIALIST_DIRS.values()
+            for d in _specialist_dirs(root).values()
         ],
         "parameters": {"lambda": lam},
         "dtype": "float32",
@@ -58,7 +72,7 @@ def task_arithmetic_config(root: Path, weights: Mapping[str, float]) -> dict[str
         "base_model": str(root / BASE_DIR),
         "models": [
             {"model": str(root / d), "parameters": {"weight": weights[t]}}
-            for t, d in SPECIALIST_DIRS.items()
+            for t, d in _specialist_dirs(root).items()
         ],
         "dtype": "float32",
     }
@@ -69,7 +83,7 @@ def linear_config(root: Path, weights: Mapping[str, float]) -> dict[str, Any]:
         "merge_method": "linear",
         "models": [
             {"model": str(root / d), "parameters": {"weight": weights[t]}}
-            for t, d in SPECIALIST_DIRS.items()
+            for t, d in _specialist_dirs(root).items()
         ],
         "dtype": "float32",
     }
@@ -82,16 +96,19 @@ def describe(config: Mapping[str, Any]) -> str:
     if method == "ties":
         density = config["models"][0]["parameters"]["density"]
         return f"ties density {density:g} lambda {config['parameters']['lambda']:g}"
-    return f"{method} weights {weights} (rev/up)"
+    names = "/".join(
+        Path(m["model"]).name.removeprefix(specialist_dir("")) for m in config["models"]
+    )
+    return f"{method} weights {weights} ({names})"
 
 
 def family_table(root: Path, *, threads: int | None = 1, split: str = "heldout") -> list[dict]:
     """Score base, specialists, the 50/50 average and the hand-picked merge of a family."""
     scorer = DemoScorer(root, split=split, threads=threads)
     rows = [scorer.row("base", None, root / BASE_DIR)]
-    for task, d in SPECIALIST_DIRS.items():
+    for task, d in _specialist_dirs(root).items():
         rows.append(scorer.row(f"specialist {task}", None, root / d))
-    rows.append(scorer.row("50/50 average", average_config(root)))
+    rows.append(scorer.row(average_label(len(scorer.targets)), average_config(root)))
     picked = ties_config(root, HAND_PICKED["density"], HAND_PICKED["lambda"])
     rows.append(scorer.row("hand-picked merge", picked))
     return rows
@@ -107,9 +124,14 @@ class DemoScorer:
 
         self.root = root
         self.split = split
-        self.tasks = [demo_tasks.task_name(t, split) for t in demo_tasks.EVAL_TASKS]
+        self.targets = family_targets(root)
+        self.tasks = [demo_tasks.task_name(t, split) for t in self.targets]
         self.evaluator = evaluators.get(
-            "lm_eval", tasks=self.tasks, metrics=[METRIC], threads=threads
+            "lm_eval",
+            tasks=self.tasks,
+            metrics=[METRIC],
+            threads=threads,
+            include_path=task_folder(root, self.targets),
         )
         self.tokenizer = AutoTokenizer.from_pretrained(root / BASE_DIR)
         self.work = LlamaForCausalLM.from_pretrained(root / BASE_DIR)
@@ -129,8 +151,7 @@ class DemoScorer:
             model = LlamaForCausalLM.from_pretrained(model_dir)
         metrics = self.evaluator.evaluate(model, self.tokenizer).metrics
         per_task = {
-            t: metrics[f"{demo_tasks.task_name(t, self.split)}/{METRIC}"]
-            for t in demo_tasks.EVAL_TASKS
+            t: metrics[f"{demo_tasks.task_name(t, self.split)}/{METRIC}"] for t in self.targets
         }
         return {**per_task, "mean": sum(per_task.values()) / len(per_task)}
 
@@ -145,17 +166,18 @@ def print_table(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    targets = [k for k in rows[0] if k not in ("model", "recipe", "mean")] if rows else []
     table = Table(title=title)
     table.add_column("model")
     table.add_column("merge")
-    for task in demo_tasks.EVAL_TASKS:
+    for task in targets:
         table.add_column(f"{task} EM", justify="right")
     table.add_column("mean EM", justify="right")
     for row in rows:
         table.add_row(
             row["model"],
             row["recipe"],
-            *(f"{row[t]:.3f}" for t in demo_tasks.EVAL_TASKS),
+            *(f"{row[t]:.3f}" for t in targets),
             f"{row['mean']:.3f}",
         )
     Console().print(table)

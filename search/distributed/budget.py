@@ -19,7 +19,9 @@ heartbeats on): if one of those workers dies, somebody must be there to run its 
 A trial is claimed inside the lock: its first heartbeat and its ``worker`` attribute are written
 before the lock is released. So, seen from inside the lock, a running trial without ``worker``
 belongs to a process that died inside ``ask`` (or to a version of this program before claims):
-no heartbeat will ever end it, and ``reap_unclaimed`` fails and re-queues it instead.
+no heartbeat will ever end it, and ``reap_unclaimed`` fails and re-queues it instead. The claim
+also records the worker's process (``liveness``): a worker of the same machine that is gone is
+found by ``reap_dead_here`` at once, without waiting for its heartbeat's grace period.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,11 +37,17 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from mergesearch.search import attrs as A
+from mergesearch.search.distributed.liveness import (
+    ProcessRecord,
+    dead_here,
+    this_process,
+    wait_unless_dead,
+)
 from mergesearch.search.distributed.locks import Lock
 
 log = logging.getLogger(__name__)
 
-WORKER_ATTR = "worker"  # host:pid of the process that ran (or runs) a trial
 INTERRUPTED = "interrupted"  # the ``fail_reason`` of a trial stopped by Ctrl-C / SIGTERM
 
 
@@ -54,7 +61,7 @@ def worker_id() -> str:
 
 def retried(trials: Iterable[FrozenTrial]) -> set[int]:
     """Numbers of the trials that a stale-trial retry re-queued (their whole retry chains)."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return {n for t in trials for n in t.system_attrs.get(A.RETRY_HISTORY, ())}
 
 
 def spent(trials: list[FrozenTrial]) -> int:
@@ -65,14 +72,14 @@ def spent(trials: list[FrozenTrial]) -> int:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             count += 1
         elif t.state == TrialState.FAIL:
-            count += t.user_attrs.get("fail_reason") != INTERRUPTED and t.number not in again
+            count += t.user_attrs.get(A.FAIL_REASON) != INTERRUPTED and t.number not in again
         elif t.state == TrialState.RUNNING:
-            count += WORKER_ATTR in t.user_attrs  # unclaimed ones are reaped (see above)
+            count += A.WORKER in t.user_attrs  # unclaimed ones are reaped (see above)
     return count
 
 
 def running_elsewhere(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.RUNNING and WORKER_ATTR in t.user_attrs]
+    return [t for t in trials if t.state == TrialState.RUNNING and A.WORKER in t.user_attrs]
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -86,17 +93,43 @@ def reap_unclaimed(study: optuna.Study, retry: Callable[[optuna.Study, FrozenTri
     """Fail and re-queue (``retry``) the running trials nobody claimed. Call under the lock."""
     reaped = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if WORKER_ATTR in t.user_attrs:
+        if A.WORKER in t.user_attrs:
             continue
-        try:
-            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
+        if _fail(study, t):
+            log.warning("trial %d was left running by a dead process: run again", t.number)
+            retry(study, study._storage.get_trial(t._trial_id))
+            reaped += 1
+    return reaped
+
+
+def reap_dead_here(study: optuna.Study, retry: Callable[[optuna.Study, FrozenTrial], None]) -> int:
+    """Fail and re-queue the running trials whose worker ran on this machine and is gone
+    (``liveness``), without waiting for the heartbeat's grace period. Call under the lock."""
+    reaped = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = ProcessRecord.from_attr(t.user_attrs.get(A.WORKER_PROCESS))
+        if record is None or not dead_here(record) or not _fail(study, t):
             continue
-        log.warning("trial %d was left running by a dead process: run again", t.number)
+        log.warning(
+            "trial %d: its worker (pid %d on this machine) is gone: run again", t.number, record.pid
+        )
         retry(study, study._storage.get_trial(t._trial_id))
         reaped += 1
     return reaped
+
+
+def local_records(trials: Iterable[FrozenTrial]) -> list[ProcessRecord]:
+    """The process records of ``trials`` (those that have one)."""
+    found = (ProcessRecord.from_attr(t.user_attrs.get(A.WORKER_PROCESS)) for t in trials)
+    return [r for r in found if r is not None]
+
+
+def _fail(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Mark a running trial FAIL; False when another process finished it first."""
+    try:
+        return bool(study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
 
 
 class GatedStudy(optuna.Study):
@@ -128,6 +161,7 @@ class GatedStudy(optuna.Study):
         self.poll_seconds = poll_seconds
         self.retry = retry
         self.worker = worker_id()
+        self.process = this_process()
 
     def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
         waited = False
@@ -136,6 +170,7 @@ class GatedStudy(optuna.Study):
                 fail_stale_trials(self)
                 if self.lock.reliable:
                     reap_unclaimed(self, self.retry)
+                    reap_dead_here(self, self.retry)
                 trials = self.get_trials(deepcopy=False)
                 if spent(trials) < self.budget:
                     trial = super().ask(fixed_distributions)
@@ -151,9 +186,11 @@ class GatedStudy(optuna.Study):
                     len(others),
                 )
                 waited = True
-            time.sleep(self.poll_seconds)
+            # a worker of this machine that dies is seen within a fraction of a second
+            wait_unless_dead(local_records(others), self.poll_seconds)
 
     def _claim(self, trial: optuna.Trial) -> None:
         if self.heartbeat is not None:
             self.heartbeat.record_heartbeat(trial._trial_id)
-        trial.set_user_attr(WORKER_ATTR, self.worker)
+        trial.set_user_attr(A.WORKER, self.worker)
+        trial.set_user_attr(A.WORKER_PROCESS, self.process.to_attr())

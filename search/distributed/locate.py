@@ -18,7 +18,7 @@ from optuna.storages import BaseStorage
 
 from mergesearch.search.distributed.storage import (
     RESULTS_DIR,
-    open_storage,
+    open_existing,
     pick_study_name,
     resolve_target,
 )
@@ -44,7 +44,7 @@ def _results_dir(target: str, url: str, study_name: str) -> Path:
 
 def _locate(target: str, study_name: str | None) -> tuple[StudyLocation, BaseStorage]:
     url = resolve_target(str(target))
-    storage = open_storage(url)
+    storage = open_existing(url)  # reading never creates a database or a study
     name = pick_study_name(storage, url, study_name)
     return StudyLocation(url, name, _results_dir(str(target), url, name)), storage
 

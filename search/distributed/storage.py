@@ -19,6 +19,7 @@ join the same study by passing the same string:
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import warnings
@@ -35,8 +36,11 @@ from optuna.storages import (
 )
 from optuna.storages.journal import JournalFileBackend
 
-from mergesearch.search.distributed.locks import Lock, schema_lock, scheme, study_lock
+from mergesearch.search.distributed.locks import Lock, file_of, schema_lock, scheme, study_lock
+from mergesearch.search.distributed.urls import hide_password, scrub
 from mergesearch.search.errors import SpecError
+
+log = logging.getLogger(__name__)
 
 RESULTS_DIR = Path("results")
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
@@ -59,18 +63,21 @@ def open_storage(
         return InMemoryStorage()
     if kind == "journal":
         path = Path(url.split(":", 1)[1])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        _make_folder(path.parent)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as err:
+            raise SpecError(f"storage {url!r}: cannot open ({err.strerror or err})") from None
     if kind not in RDB_SCHEMES:
         raise SpecError(
-            f"storage {url!r}: unknown kind {kind!r}; use sqlite:///PATH, "
+            f"storage {hide_password(url)!r}: unknown kind {kind!r}; use sqlite:///PATH, "
             "postgresql+psycopg2://USER:PASS@HOST/DB, mysql+pymysql://..., journal:PATH or memory:"
         )
     engine_kwargs = {}
     if kind == "sqlite":
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(Path(path).parent)
         engine_kwargs["connect_args"] = {"timeout": 60}  # several local workers wait, not fail
     else:
         engine_kwargs["pool_pre_ping"] = True  # a long trial outlives idle server connections
@@ -87,10 +94,73 @@ def open_storage(
             _fast_sqlite(storage)
         return storage
     except ImportError as err:
-        raise SpecError(f"storage {url!r}: missing database driver ({err})") from None
+        raise SpecError(
+            f"storage {hide_password(url)!r}: missing database driver ({err})"
+        ) from None
     except Exception as err:  # SQLAlchemy raises many kinds; all mean "cannot use this URL"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SpecError(f"storage {url!r}: cannot open ({first})") from None
+        raise SpecError(
+            f"storage {hide_password(url)!r}: cannot open ({scrub(first, url)})"
+        ) from None
+
+
+# the tables every Optuna RDB storage holds: without them a database holds no study
+OPTUNA_TABLES = ("studies", "trials", "version_info", "alembic_version")
+
+
+def open_existing(url: str) -> BaseStorage:
+    """The storage of studies that exist, for commands that only read (status, report, export,
+    dashboard): a missing or empty file, or a database without Optuna's tables, is a
+    ``SpecError``, never a new database; no file, table or lock file is created."""
+    shown = hide_password(url)
+    kind = scheme(url)
+    if url in ("memory", "memory:"):
+        raise SpecError(f"{url}: a memory: storage lives inside one process; give a file or URL")
+    path = file_of(url)
+    if kind in ("sqlite", "journal"):
+        if path is None or not path.is_file():
+            raise SpecError(
+                f"{shown}: no such study file; give the results folder or storage of a search"
+            )
+        if path.stat().st_size == 0:
+            raise SpecError(f"{path}: empty file, not a study; give the storage of a search")
+    if kind == "journal":
+        return JournalStorage(JournalFileBackend(str(path)))
+    if kind not in RDB_SCHEMES:
+        return open_storage(url)  # the one place that words an unknown kind
+    engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {}
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        if not set(OPTUNA_TABLES) <= tables:
+            raise SpecError(
+                f"{shown}: holds no study (no Optuna tables); is this the right storage?"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+    except SpecError:
+        raise
+    except ImportError as err:
+        raise SpecError(f"storage {shown!r}: missing database driver ({err})") from None
+    except Exception as err:  # SQLAlchemy raises many kinds; all mean "cannot use this URL"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(f"storage {shown!r}: cannot open ({scrub(first, url)})") from None
+
+
+def _make_folder(folder: Path) -> None:
+    """The storage's folder (``results/<study>`` by default), or one line on why not: a
+    read-only working directory, a full disk."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpecError(
+            f"{folder.absolute()}: cannot create the study's folder ({err.strerror or err}); "
+            "run from a writable folder or pass --storage"
+        ) from None
 
 
 def retry_once() -> RetryHeartbeatStaleTrialCallback:
@@ -99,6 +169,20 @@ def retry_once() -> RetryHeartbeatStaleTrialCallback:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+class WorkerStorage(RDBStorage):
+    """Optuna's RDB storage, whose heartbeat survives a write that fails (a full disk, a
+    database restarting): Optuna's heartbeat thread would die with a traceback, although the
+    worker's next write meets the same failure and reports it in one line."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            # debug: the failure that matters is reported once, by the worker's next write
+            log.debug("heartbeat of trial %d not written (%s)", trial_id, first)
 
 
 def _create_tables(url: str, engine_kwargs: dict, heartbeat: dict) -> RDBStorage:
@@ -110,7 +194,7 @@ def _create_tables(url: str, engine_kwargs: dict, heartbeat: dict) -> RDBStorage
         try:
             with schema_lock(url), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+                return WorkerStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
         except transient:
             if attempt == attempts - 1:
                 raise
@@ -168,10 +252,12 @@ def pick_study_name(storage: BaseStorage, url: str, name: str | None) -> str:
     if name is not None:
         if name not in names:
             listed = ", ".join(names) or "none"
-            raise SpecError(f"{url}: no study named {name!r} (studies: {listed})")
+            raise SpecError(f"{hide_password(url)}: no study named {name!r} (studies: {listed})")
         return name
     if len(names) == 1:
         return names[0]
     if not names:
-        raise SpecError(f"{url}: holds no study yet")
-    raise SpecError(f"{url}: holds several studies ({', '.join(names)}); pass --study-name")
+        raise SpecError(f"{hide_password(url)}: holds no study yet")
+    raise SpecError(
+        f"{hide_password(url)}: holds several studies ({', '.join(names)}); pass --study-name"
+    )

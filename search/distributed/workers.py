@@ -8,7 +8,8 @@ the others down.
 
 Torch threads are split, not multiplied: each worker gets ``min(spec threads, cores // N)``
 (at least one), set before torch starts through ``--threads`` and ``OMP_NUM_THREADS``. More
-threads than cores made evaluation 10-50x slower here (OpenMP threads spin-wait for each other).
+threads than cores slow evaluation down by an order of magnitude (OpenMP threads spin-wait for
+each other; ``bench/RESULTS_distributed.md``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 WORKER_ENV = "MERGESEARCH_WORKER"  # set in each child: its index, for its one-line report
+STORAGE_ENV = "MERGESEARCH_STORAGE"  # the storage URL, kept off command lines (ps shows those)
 
 
 def cores() -> int:
@@ -48,14 +50,20 @@ class Worker:
 
 
 def start_workers(
-    argv: Sequence[str], workers: int, threads: int, *, program: Sequence[str] = ()
+    argv: Sequence[str],
+    workers: int,
+    threads: int,
+    *,
+    program: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> list[Worker]:
-    """Start ``workers`` copies of ``mergesearch search ARGV --threads T`` (``program`` replaces
-    the command line, for tests of this module)."""
+    """Start ``workers`` copies of ``mergesearch search ARGV --threads T`` with ``env`` added to
+    their environment (``program`` replaces the command line, for tests of this module)."""
     started = []
     for index in range(workers):
-        env = {
+        child_env = {
             **os.environ,
+            **(env or {}),
             WORKER_ENV: str(index),
             "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads),
@@ -68,7 +76,7 @@ def start_workers(
         ]
         process = subprocess.Popen(
             command,
-            env=env,
+            env=child_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -19,10 +19,17 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from mergesearch import merging
+from mergesearch.merging.atomic import (
+    cleanup_stale_temps,
+    fsync_files,
+    replace_dir,
+    temp_sibling,
+)
 from mergesearch.merging.errors import ConfigError
-from mergesearch.merging.sinks import TEMP_MARK, cleanup_stale_temp_dirs, replace_dir
+from mergesearch.search import attrs as A
 from mergesearch.search.distributed.locate import StudyLocation
 from mergesearch.search.export import model_card
+from mergesearch.search.export.guard import check_export_output
 from mergesearch.search.optimize import trials as T
 
 DEFAULT_DIR = "best"
@@ -44,12 +51,6 @@ def yaml_path_for(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.yaml"
 
 
-def _fsync_files(folder: Path, names: tuple[str, ...]) -> None:
-    for name in names:
-        with (folder / name).open("rb") as fh:
-            os.fsync(fh.fileno())
-
-
 def export_trial(
     study: optuna.Study,
     location: StudyLocation,
@@ -66,15 +67,15 @@ def export_trial(
     started = time.perf_counter()
     trial, why = T.pick_trial(study, number, pick)
     config = T.merge_config(trial)
-    config_text = trial.user_attrs["merge_config"]
+    config_text = trial.user_attrs[A.MERGE_CONFIG]
     out = Path(out_dir if out_dir is not None else location.results_dir / DEFAULT_DIR).absolute()
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: output folder exists; pass --overwrite to replace it")
     yaml_path = yaml_path_for(out)
-    yaml_tmp = yaml_path.with_name(f".{yaml_path.name}{TEMP_MARK}{os.getpid()}")
-    staging = out.parent / f".{out.name}{TEMP_MARK}{os.getpid()}"
+    check_export_output(out, yaml_path, study, location, config, overwrite=overwrite)
+    yaml_tmp = temp_sibling(yaml_path)
+    staging = temp_sibling(out)
     try:
-        cleanup_stale_temp_dirs(out)
+        cleanup_stale_temps(out)
+        cleanup_stale_temps(yaml_path)
         out.parent.mkdir(parents=True, exist_ok=True)
         if staging.exists():
             shutil.rmtree(staging)
@@ -95,7 +96,7 @@ def export_trial(
         (model / CARD).write_text(
             model_card.render(study, trial, why, config, config_text, title), encoding="utf-8"
         )
-        _fsync_files(model, (MERGEKIT_YAML, CARD))
+        fsync_files(model, [MERGEKIT_YAML, CARD])
         yaml_tmp.write_text(config_text)  # both land, or neither: written before the renames
         replace_dir(model, out)
         os.replace(yaml_tmp, yaml_path)

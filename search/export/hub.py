@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergesearch.merging.atomic import TEMP_MARK
 from mergesearch.merging.errors import ConfigError, MergeRuntimeError
-from mergesearch.merging.sinks import TEMP_MARK
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ def upload_model(
     revision: str | None = None,
     commit_message: str | None = None,
 ) -> UploadResult:
+    import httpx2  # huggingface_hub's HTTP client: its errors are what a dead network raises
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -91,8 +92,10 @@ def upload_model(
             revision=revision,
             commit_message=commit_message or f"Upload {folder.name} with mergesearch",
         )
-    except (HfHubHTTPError, OSError, ValueError) as err:
+    except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if isinstance(err, httpx2.TransportError):  # no answer at all: network, proxy, endpoint
+            first = f"cannot reach the Hub ({first}); check the network and HF_ENDPOINT"
         raise MergeRuntimeError(
             f"upload of {folder} to {repo_id} at {api.endpoint} failed: "
             f"{first.replace(token, '***')}"

@@ -17,26 +17,12 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from mergesearch import merging
+from mergesearch.search import attrs as A
+from mergesearch.search.distributed.urls import hide_passwords
 from mergesearch.search.optimize import trials as T
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FRONT_MATTER_RE = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
-
-METHODS = {
-    "linear": "a weighted average of the models' weights",
-    "slerp": "spherical interpolation between two models",
-    "nuslerp": "spherical interpolation of task vectors or models",
-    "task_arithmetic": "the base plus a weighted sum of task vectors (model minus base)",
-    "ties": "task vectors trimmed by magnitude, signs elected, disjoint mean added to the base (TIES)",
-    "dare_ties": "task vectors randomly dropped and rescaled, then TIES sign election (DARE-TIES)",
-    "dare_linear": "task vectors randomly dropped and rescaled, then summed (DARE)",
-    "breadcrumbs": "task vectors with their largest and smallest entries removed (Model Breadcrumbs)",
-    "breadcrumbs_ties": "Model Breadcrumbs with TIES sign election",
-    "della": "drop probabilities ranked by magnitude, then TIES sign election (DELLA)",
-    "della_linear": "DELLA without sign election",
-    "model_stock": "interpolation towards the base by the angle between fine-tunes (Model Stock)",
-    "passthrough": "layers copied as they are (slices stacked)",
-}
 
 
 def is_hub_id(ref: str) -> bool:
@@ -110,6 +96,17 @@ def _scores_table(study: optuna.Study, trial: FrozenTrial, names: list[str]) -> 
     return out
 
 
+def _method_line(config: merging.MergeConfig) -> str:
+    """What the method does, where it comes from, and the base it worked from."""
+    method = merging.get_method(config.merge_method)
+    line = f"`{method.name}`: {method.description or 'see the merge method documentation'}."
+    if method.paper:
+        line += f" Paper: <{method.paper}>."
+    if config.base_model:
+        line += f" Base model: `{config.base_model}`."
+    return line
+
+
 def render(
     study: optuna.Study,
     trial: FrozenTrial,
@@ -121,7 +118,7 @@ def render(
     meta = front_matter(config)
     infos = T.objectives(study)
     names = [o.name for o in infos]
-    sources = {str(v): k for k, v in (study.user_attrs.get("sources") or {}).items()}
+    sources = {str(v): k for k, v in (study.user_attrs.get(A.SOURCES) or {}).items()}
     method = config.merge_method
     lines = [
         "---",
@@ -136,8 +133,7 @@ def render(
         "",
         "## Method",
         "",
-        f"`{method}`: {METHODS.get(method, 'see the merge method documentation')}."
-        + (f" Base model: `{config.base_model}`." if config.base_model else ""),
+        _method_line(config),
         "",
         "### Models merged",
         "",
@@ -191,7 +187,7 @@ def render(
         f"{n_baselines} of them baselines (each source alone, their average).",
         f"This is trial {trial.number}: {why}.",
     ]
-    spec = study.user_attrs.get("spec")
+    spec = hide_passwords(study.user_attrs.get(A.SPEC) or "")  # published by `upload`
     if spec:
         lines += [
             "",

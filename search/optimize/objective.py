@@ -5,14 +5,13 @@ process: the ``Merger`` (open checkpoints, bounded tensor cache), the evaluators
 (rebuilt only when the merged architecture changes, as with passthrough slices) and the
 tokenizers. No file is written per trial.
 
-Per-trial user attributes (stable names; status, report and export read them):
-``merge_config`` (YAML), ``config_hash``, ``method``, ``baseline`` (baselines only), ``metrics``
-({objective: {split: value}}), ``merge_seconds``, ``eval_seconds``, ``duplicate_of`` (answered
-from an identical earlier trial), ``stage`` (items per task when pruned), ``fail_reason``.
+What a trial records (merge config, scores, timings, why it failed) goes into its user
+attributes under the names of ``search.attrs``, which status, report and export read back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -21,11 +20,13 @@ import time
 from typing import Any
 
 import optuna
-import yaml
 
 from mergesearch import merging
+from mergesearch.search import attrs as A
+from mergesearch.search.distributed.budget import INTERRUPTED
+from mergesearch.search.distributed.faults import is_disk_full
 from mergesearch.search.errors import SpecError, TrialFailed
-from mergesearch.search.optimize.samplers import BASELINE_ATTR
+from mergesearch.search.optimize.registry import PRUNERS
 from mergesearch.search.optimize.scoring import Scorer
 from mergesearch.search.optimize.space import SearchSpace
 from mergesearch.search.spec.schema import SearchSpec
@@ -33,14 +34,6 @@ from mergesearch.search.spec.schema import SearchSpec
 log = logging.getLogger(__name__)
 
 DROP_FROM_ARCH_KEY = ("_name_or_path", "name_or_path", "transformers_version", "architectures")
-
-
-def config_yaml(config: merging.MergeConfig) -> str:
-    """The mergekit YAML of a validated config, seed included when it matters."""
-    data = config.to_dict()
-    if config.seed is not None:
-        data.setdefault("seed", config.seed)
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
 def config_hash(text: str) -> str:
@@ -93,34 +86,36 @@ class TrialRunner:
     ):
         self.spec, self.space, self.scorer, self.live = spec, space, scorer, live
         self.baselines = baselines
-        self.wilcoxon = spec.pruner.name == "wilcoxon"
-        self.stages = spec.pruner.stages if spec.pruner.name != "none" else (None,)
+        pruner = PRUNERS[spec.pruner.name]
+        self.per_item = pruner.per_item  # the pruner compares per-item scores
+        self.stages = spec.pruner.stages if pruner.prunes else (None,)
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         try:
             return self._run(trial)
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
+            trial.set_user_attr(A.FAIL_REASON, "interrupted")
             raise
 
     def _run(self, trial: optuna.Trial) -> list[float]:
-        baseline = trial.user_attrs.get(BASELINE_ATTR)
+        baseline = trial.user_attrs.get(A.BASELINE)
         if baseline is not None:
             data = self.baselines[baseline]
         else:
             params = self.space.suggest(trial)
-            trial.set_user_attr("method", self.space.method_of(params))
+            trial.set_user_attr(A.METHOD, self.space.method_of(params))
             data = self.space.config(params)
         config = merging.load_merge_config(data, source_name=f"trial {trial.number}")
-        text = config_yaml(config)
+        text = config.to_yaml()
         key = config_hash(text)
-        trial.set_user_attr("merge_config", text)
-        trial.set_user_attr("config_hash", key)
+        trial.set_user_attr(A.MERGE_CONFIG, text)
+        trial.set_user_attr(A.CONFIG_HASH, key)
 
         earlier = _completed_with_hash(trial.study, key, trial.number)
         if earlier is not None:  # an identical merge was scored: answer from the study
-            trial.set_user_attr("duplicate_of", earlier.number)
-            for name in ("metrics", "merge_seconds", "eval_seconds"):
+            trial.set_user_attr(A.DUPLICATE_OF, earlier.number)
+            trial.set_user_attr(A.ITEMS, 0)  # nothing evaluated for this one
+            for name in (A.METRICS, A.MERGE_SECONDS, A.EVAL_SECONDS):
                 if name in earlier.user_attrs:
                     trial.set_user_attr(name, earlier.user_attrs[name])
             return list(earlier.values)
@@ -128,37 +123,44 @@ class TrialRunner:
         try:
             self.live.merger.plan(config)  # structural problems (paths, shapes) stop the search
         except merging.ConfigError as err:
-            trial.set_user_attr("fail_reason", str(err))
+            trial.set_user_attr(A.FAIL_REASON, str(err))
             raise SpecError(str(err)) from None  # the config is named "trial N" already
         try:
             model, tokenizer, merge_seconds = self.live.merge(config)
         except Exception as err:
             self._fail(trial, "merge", err)
-        trial.set_user_attr("merge_seconds", round(merge_seconds, 4))
+        trial.set_user_attr(A.MERGE_SECONDS, round(merge_seconds, 4))
         return self._evaluate(trial, model, tokenizer, is_baseline=baseline is not None)
 
     def _evaluate(
         self, trial: optuna.Trial, model: Any, tokenizer: Any, *, is_baseline: bool
     ) -> list[float]:
-        seconds = 0.0
+        seconds, requests = 0.0, 0
         reported: set[int] = set()
+        scores = None
         for index, stage in enumerate(self.stages):
             started = time.perf_counter()
             try:
                 scores = self.scorer.score(
-                    model, tokenizer, "search", stage=stage, per_item=self.wilcoxon
+                    model,
+                    tokenizer,
+                    "search",
+                    stage=stage,
+                    per_item=self.per_item,
+                    after=scores,
                 )
             except SpecError:
                 raise
             except Exception as err:
-                if getattr(err, "exit_code", None) == 2:
-                    trial.set_user_attr("fail_reason", str(err))
+                if isinstance(err, merging.ConfigError):  # bad input: stop the search
+                    trial.set_user_attr(A.FAIL_REASON, str(err))
                     raise SpecError(f"trial {trial.number}: evaluator: {err}") from None
                 self._fail(trial, "evaluation", err)
             seconds += time.perf_counter() - started
+            requests += scores.requests
             final = index == len(self.stages) - 1
             if len(self.stages) > 1:
-                if self.wilcoxon:
+                if self.per_item:
                     for step, value in self.scorer.item_values(scores.items).items():
                         if step not in reported:
                             trial.report(value, step)
@@ -166,22 +168,30 @@ class TrialRunner:
                 else:
                     trial.report(self.scorer.combine(scores.values)[0], index)
             if not final and not is_baseline and trial.should_prune():
-                self._record(trial, scores.values, seconds)
-                trial.set_user_attr("stage", stage)
+                self._record(trial, scores.values, seconds, requests)
+                trial.set_user_attr(A.STAGE, stage)
                 raise optuna.TrialPruned(f"pruned after {stage} items per task")
-        self._record(trial, scores.values, seconds)
+        assert scores is not None
+        self._record(trial, scores.values, seconds, requests)
         return self.scorer.combine(scores.values)
 
     @staticmethod
-    def _record(trial: optuna.Trial, values: dict[str, float], seconds: float) -> None:
-        trial.set_user_attr("metrics", {name: {"search": v} for name, v in values.items()})
-        trial.set_user_attr("eval_seconds", round(seconds, 4))
+    def _record(
+        trial: optuna.Trial, values: dict[str, float], seconds: float, requests: int
+    ) -> None:
+        trial.set_user_attr(A.METRICS, {name: {"search": v} for name, v in values.items()})
+        trial.set_user_attr(A.EVAL_SECONDS, round(seconds, 4))
+        trial.set_user_attr(A.ITEMS, requests)
 
     @staticmethod
     def _fail(trial: optuna.Trial, what: str, err: Exception) -> None:
+        if is_disk_full(err):  # not this candidate's fault: stop the search (distributed.faults)
+            with contextlib.suppress(Exception):  # the study may be on the full disk too
+                trial.set_user_attr(A.FAIL_REASON, INTERRUPTED)  # replaced, not counted
+            raise err
         first = (str(err).strip().splitlines() or [""])[0]
         reason = f"{what}: {type(err).__name__}: {first}"
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(A.FAIL_REASON, reason)
         log.warning("trial %d failed: %s", trial.number, reason)
         raise TrialFailed(reason) from err
 
@@ -190,6 +200,6 @@ def _completed_with_hash(
     study: optuna.Study, key: str, number: int
 ) -> optuna.trial.FrozenTrial | None:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.number != number and t.user_attrs.get("config_hash") == key:
+        if t.number != number and t.user_attrs.get(A.CONFIG_HASH) == key:
             return t
     return None

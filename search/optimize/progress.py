@@ -9,9 +9,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from mergesearch.search.optimize.samplers import BASELINE_ATTR
+from mergesearch.search import attrs as A
 from mergesearch.search.optimize.scoring import Scorer
-from mergesearch.search.optimize.summary import best_trials
+from mergesearch.search.optimize.summary import best_trials, items_spent
 
 log = logging.getLogger("search")
 
@@ -36,10 +36,13 @@ class Progress:
         self.count += 1
         line = trial_line(trial, [o.name for o in self.scorer.objectives])
         best = best_trials(study)
+        items = f"{items_spent(study.get_trials(deepcopy=False)):,} items"
         if best and len(best) == 1:
-            self.bar.set_postfix_str(f"best {best[0].values[0]:.4f} (#{best[0].number})")
+            self.bar.set_postfix_str(f"best {best[0].values[0]:.4f} (#{best[0].number}), {items}")
         elif best:
-            self.bar.set_postfix_str(f"front {len(best)} trial(s)")
+            self.bar.set_postfix_str(f"front {len(best)} trial(s), {items}")
+        else:
+            self.bar.set_postfix_str(items)
         if self.enabled:
             self.bar.write(line, file=sys.stderr)
         else:
@@ -52,11 +55,11 @@ class Progress:
 
 def trial_line(trial: FrozenTrial, objectives: list[str]) -> str:
     attrs = trial.user_attrs
-    what = attrs.get(BASELINE_ATTR) or attrs.get("method") or "?"
+    what = attrs.get(A.BASELINE) or attrs.get(A.METHOD) or "?"
     head = f"#{trial.number:<4d} {what:<16s}"
     if trial.state == TrialState.FAIL:
         return f"{head} failed: {attrs.get('fail_reason', 'unknown')}"
-    metrics = attrs.get("metrics", {})
+    metrics = attrs.get(A.METRICS, {})
     scores = "  ".join(
         f"{o} {metrics[o]['search']:.4f}" for o in objectives if "search" in metrics.get(o, {})
     )
@@ -65,7 +68,8 @@ def trial_line(trial: FrozenTrial, objectives: list[str]) -> str:
     value = "  ".join(f"{v:.4f}" for v in trial.values or [])
     tail = (
         f"same config as #{attrs['duplicate_of']}"
-        if "duplicate_of" in attrs
+        if A.DUPLICATE_OF in attrs
         else f"merge {attrs.get('merge_seconds', 0):.2f}s  eval {attrs.get('eval_seconds', 0):.2f}s"
+        f"  {attrs.get(A.ITEMS, 0)} items"
     )
     return f"{head} value {value}  {scores}  {tail}"

@@ -1,7 +1,9 @@
-"""Samplers and pruners by name, and the wrapper that keeps baseline trials out of the model.
+"""The spec's sampler and pruner, built from the registry, and the wrapper that keeps baseline
+trials out of the sampler's model.
 
-``make_sampler(spec, space, seed)`` and ``make_pruner(spec)`` are the only places that know
-concrete Optuna classes; adding a sampler is adding one entry to ``SAMPLERS``.
+``make_sampler(spec, space, seed)`` and ``make_pruner(spec)`` hand the registry
+(``search.optimize.registry``) plain data from the spec and the space; the registry is the only
+place that knows concrete Optuna classes.
 
 Baseline trials (each source alone, the uniform average) are real trials of the study: they
 show in every table and plot. But they are not points of the search space (they suggest no
@@ -13,97 +15,71 @@ sampler a view of the study without them.
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from mergesearch.search import attrs as A
 from mergesearch.search.errors import SpecError
+from mergesearch.search.optimize.registry import AUTO, PRUNERS, SAMPLERS, Problem, auto_sampler
 from mergesearch.search.optimize.space import SearchSpace
 from mergesearch.search.spec.schema import SearchSpec
 
 log = logging.getLogger(__name__)
 
-BASELINE_ATTR = "baseline"
 
-
-def _cmaes(seed: int, options: dict[str, Any]) -> BaseSampler:
-    try:
-        import cmaes  # noqa: F401
-    except ImportError:
-        raise SpecError("sampler: cmaes needs the 'cmaes' package (pip install cmaes)") from None
-    # A categorical `method` is sampled at random by CMA-ES's independent sampler, on purpose.
-    options = {"warn_independent_sampling": False, **options}
-    return optuna.samplers.CmaEsSampler(seed=seed, **options)
-
-
-def _qmc(seed: int, options: dict[str, Any]) -> BaseSampler:
-    options = {"scramble": True, "warn_independent_sampling": False, **options}
-    with warnings.catch_warnings():  # "experimental" since Optuna 3.0
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.QMCSampler(seed=seed, **options)
-
-
-SAMPLERS: dict[str, Callable[[int, dict[str, Any]], BaseSampler]] = {
-    "cmaes": _cmaes,
-    "tpe": lambda seed, options: optuna.samplers.TPESampler(seed=seed, **options),
-    "gp": lambda seed, options: optuna.samplers.GPSampler(seed=seed, **options),
-    "nsga2": lambda seed, options: optuna.samplers.NSGAIISampler(seed=seed, **options),
-    "random": lambda seed, options: optuna.samplers.RandomSampler(seed=seed, **options),
-    "qmc": _qmc,
-}
+def _problem(spec: SearchSpec, space: SearchSpace, seed: int, budget: int | None = None) -> Problem:
+    return Problem(
+        seed=seed,
+        options=dict(spec.sampler.options),
+        multi_objective=spec.combine == "pareto",
+        methods=tuple(space.methods),
+        used=space.used,
+        distributions=space.distributions,
+        defaults={m: space.default_point(m) for m in space.methods},
+        budget=budget,
+    )
 
 
 def resolve_sampler_name(spec: SearchSpec, space: SearchSpace) -> str:
-    """``auto``: CMA-ES on a single objective whose searched space is numeric, else TPE."""
+    """The sampler the spec names, or what ``auto`` means for this space (see the registry)."""
     name = spec.sampler.name
-    if name != "auto":
-        return name
-    numeric = [
-        d
-        for d in space.distributions.values()
-        if isinstance(d, FloatDistribution | IntDistribution)
-    ]
-    categorical = len(space.distributions) - len(numeric)
-    if spec.combine == "weighted_sum" and len(numeric) >= 2 and categorical == 0:
-        try:
-            import cmaes  # noqa: F401
-
-            return "cmaes"
-        except ImportError:
-            log.warning("sampler auto: the 'cmaes' package is not installed; using tpe")
-    return "tpe"
+    return auto_sampler(_problem(spec, space, spec.sampler_seed)) if name == AUTO else name
 
 
-def make_sampler(spec: SearchSpec, space: SearchSpace, seed: int) -> BaseSampler:
-    name = resolve_sampler_name(spec, space)
+def make_sampler(
+    spec: SearchSpec, space: SearchSpace, seed: int, *, search_budget: int | None = None
+) -> BaseSampler:
+    """The spec's sampler, baselines hidden from it. ``search_budget`` (trials that are not
+    baselines) sizes the portfolio's warm-up."""
+    problem = _problem(spec, space, seed, search_budget)
+    name = spec.sampler.name
+    entry = SAMPLERS[auto_sampler(problem) if name == AUTO else name]
+    if not entry.available():
+        raise SpecError(
+            f"{spec.source}: sampler: {name} needs the {entry.package!r} package "
+            f"(pip install {entry.package})"
+        )
     try:
-        inner = SAMPLERS[name](seed, dict(spec.sampler.options))
-    except TypeError as err:
+        inner = entry.build(problem)
+    except (TypeError, ValueError) as err:
         raise SpecError(f"{spec.source}: sampler.options: {err}") from None
     return HideBaselines(inner)
 
 
 def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
-    name, options = spec.pruner.name, dict(spec.pruner.options)
     try:
-        if name == "median":
-            return optuna.pruners.MedianPruner(**{"n_startup_trials": 5, **options})
-        if name == "wilcoxon":
-            with warnings.catch_warnings():  # "experimental" since Optuna 3.6; we pin the use
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.pruners.WilcoxonPruner(**{"p_threshold": 0.1, **options})
-        return optuna.pruners.NopPruner()
-    except TypeError as err:
+        return PRUNERS[spec.pruner.name].build(dict(spec.pruner.options))
+    except (TypeError, ValueError) as err:
         raise SpecError(f"{spec.source}: pruner.options: {err}") from None
 
 
 def is_baseline(trial: FrozenTrial) -> bool:
-    return BASELINE_ATTR in trial.user_attrs
+    return A.BASELINE in trial.user_attrs
 
 
 class _StudyView(optuna.Study):

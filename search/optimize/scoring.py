@@ -15,17 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergesearch import evaluators
+from mergesearch.merging.errors import ConfigError
 from mergesearch.search.errors import SpecError
 from mergesearch.search.spec.schema import Objective, SearchSpec
 
 
 @dataclass
 class SplitScores:
-    """Scores of one split: value per objective, per-item scores, seconds spent."""
+    """Scores of one split: value per objective, per-item scores, seconds and requests spent."""
 
     values: dict[str, float]
     items: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     seconds: float = 0.0
+    requests: int = 0  # what the evaluators were asked, this call only
+    itemwise: set[str] = field(default_factory=set)  # objectives whose value is their items' mean
 
 
 @dataclass
@@ -124,36 +127,78 @@ class Scorer:
         *,
         stage: int | None = None,
         per_item: bool = False,
+        after: SplitScores | None = None,
     ) -> SplitScores:
         """Score every objective of ``split``; ``stage`` caps the items per task (staged
-        evaluation: a cheap first look, then all)."""
+        evaluation: a cheap first look, then more).
+
+        ``after`` is the previous stage's result: where its metric is the mean of its items
+        (exact match, accuracy), only the items it lacks are evaluated and the means are taken
+        over both; elsewhere (perplexity, a callable) the stage is scored whole again.
+        """
         out = SplitScores(values={})
         for group in self._groups[split]:
             limit, samples = _selection(group.limit, group.items, stage)
+            prior = _itemwise_prior(after, group.objectives)
+            extra = {}
+            if prior is not None and _accepts(group.evaluator, "exclude"):
+                extra["exclude"] = sorted({d for items in prior.values() for d, _ in items})
+            else:
+                prior = None
             result = group.evaluator.evaluate(
                 model,
                 tokenizer,
                 limit=limit,
                 seed=self.spec.seed,
                 samples=samples,
-                per_item=per_item,
+                per_item=per_item or stage is not None or after is not None,
+                **extra,
             )
             out.seconds += result.seconds
+            out.requests += result.requests
             for objective in group.objectives:
                 key = objective.metric_key(split)
-                if key not in result.metrics:
+                items = list(result.items.get(key, []))
+                if prior is not None:
+                    items = prior[objective.name] + items
+                    value = sum(s for _, s in items) / len(items)
+                elif key in result.metrics:
+                    value = float(result.metrics[key])
+                else:
                     known = ", ".join(sorted(result.metrics)) or "none"
                     raise SpecError(
                         f"{self.spec.source}: objectives.{objective.name}: the evaluator "
                         f"returned no metric {key!r}; it returned: {known}"
                     )
-                value = float(result.metrics[key])
                 if not math.isfinite(value):
                     raise ValueError(f"metric {key!r} is {value} (non-finite)")
                 out.values[objective.name] = value
-                if per_item:
-                    out.items[objective.name] = list(result.items.get(key, []))
+                if items:
+                    out.items[objective.name] = items
+                    if _is_mean(value, items):
+                        out.itemwise.add(objective.name)
         return out
+
+
+def _is_mean(value: float, items: Sequence[tuple[int, float]]) -> bool:
+    """Whether a metric is the plain mean of its items (then stages can add items)."""
+    return bool(items) and abs(sum(s for _, s in items) / len(items) - value) <= 1e-9
+
+
+def _itemwise_prior(
+    after: SplitScores | None, objectives: Sequence[Objective]
+) -> dict[str, list[tuple[int, float]]] | None:
+    """The previous stage's items of ``objectives`` when every one of them can be extended."""
+    if after is None or not all(o.name in after.itemwise for o in objectives):
+        return None
+    return {o.name: list(after.items[o.name]) for o in objectives}
+
+
+def _accepts(evaluator: Any, keyword: str) -> bool:
+    try:
+        return keyword in inspect.signature(evaluator.evaluate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _selection(
@@ -172,10 +217,8 @@ def _selection(
 def _build(spec: SearchSpec, name: str, options: dict[str, Any]) -> Any:
     try:
         return evaluators.get(name, **options)
-    except Exception as err:
-        if getattr(err, "exit_code", None) == 2:
-            raise SpecError(f"{spec.source}: objectives: {err}") from None
-        raise
+    except ConfigError as err:
+        raise SpecError(f"{spec.source}: objectives: {err}") from None
 
 
 def _takes_tasks(name: str) -> bool:

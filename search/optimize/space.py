@@ -13,7 +13,8 @@ Parameter names (stable: reports and exports read them):
 - ``....g<k>`` for the k-th layer-group anchor (a mergekit gradient list);
 - ``....<filter>...`` per tensor-name filter (``weight.rev.mlp.g0``), ``....rest`` for tensors no
   filter matches;
-- ``passthrough.slice<i>.source|start|length`` for searched passthrough slices.
+- ``<method>.slice<i>.source|start|length`` for the searched slices of a method that stacks
+  layers (``passthrough.slice0.start``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from optuna.distributions import (
 
 from mergesearch import merging
 from mergesearch.merging.methods import BaseRole
+from mergesearch.search.optimize.ranges import middle
 from mergesearch.search.spec.schema import SearchSpec
 from mergesearch.search.spec.values import Fixed, PerModel, Range
 
@@ -116,12 +118,12 @@ class SearchSpace:
         self._method = name
         self.used[name] = []
         override = spec.methods[name]
-        if name == "passthrough":
+        if method.stacks_layers:  # searched by its slices, not by parameters
             for i, sl in enumerate(override.slices):
                 for key in ("source", "start", "length"):
                     value = getattr(sl, key)
                     if isinstance(value, Range):
-                        self._dim(f"passthrough.slice{i}.{key}", value)
+                        self._dim(f"{name}.slice{i}.{key}", value)
             return
         self._globals[name] = {}
         self._per_model[name] = {m: {} for m in self.inputs(name)}
@@ -198,14 +200,37 @@ class SearchSpace:
                 trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
         return dict(trial.params)
 
+    def default_point(self, method: str) -> dict[str, Any]:
+        """Where a method usually works, as values of the parameters it reads: the method's
+        own default where it has one inside the searched range, else the middle of the range
+        (every model the same weight: an even blend)."""
+        defaults = {
+            **merging.METHODS[method].per_model_params,
+            **merging.METHODS[method].global_params,
+        }
+        point: dict[str, Any] = {}
+        for name in self.used[method]:
+            dist = self.distributions[name]
+            param = name.removeprefix(f"{method}.").split(".")[0]
+            default = defaults.get(param)
+            if isinstance(dist, CategoricalDistribution):
+                point[name] = default if default in dist.choices else dist.choices[0]
+            elif isinstance(default, int | float) and not isinstance(default, bool):
+                point[name] = min(max(default, dist.low), dist.high)  # type: ignore[attr-defined]
+                if isinstance(dist, IntDistribution):
+                    point[name] = int(point[name])
+            else:
+                point[name] = middle(dist)
+        return point
+
     def method_of(self, params: Mapping[str, Any]) -> str:
         return params.get("method", self.methods[0])
 
     def config(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The mergekit config (plain dict) a point of the space stands for."""
         method = self.method_of(params)
-        if method == "passthrough":
-            return self._passthrough_config(params)
+        if merging.METHODS[method].stacks_layers:
+            return self._slices_config(method, params)
         sources = self.spec.sources
         models = []
         for model in self.inputs(method):
@@ -222,16 +247,14 @@ class SearchSpace:
             config["parameters"] = globals_
         return self._finish(config, method)
 
-    def _passthrough_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _slices_config(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
         slices = []
-        for i, sl in enumerate(self.spec.methods["passthrough"].slices):
+        for i, sl in enumerate(self.spec.methods[method].slices):
             picked = {}
             for key in ("source", "start", "length"):
                 value = getattr(sl, key)
                 picked[key] = (
-                    params[f"passthrough.slice{i}.{key}"]
-                    if isinstance(value, Range)
-                    else value.value
+                    params[f"{method}.slice{i}.{key}"] if isinstance(value, Range) else value.value
                 )
             source, start, length = picked["source"], int(picked["start"]), int(picked["length"])
             depth = self.num_layers.get(source)
@@ -242,7 +265,7 @@ class SearchSpace:
             slices.append(
                 {"sources": [{"model": self.spec.sources.path(source), "layer_range": layer_range}]}
             )
-        return self._finish({"slices": slices, "merge_method": "passthrough"}, "passthrough")
+        return self._finish({"slices": slices, "merge_method": method}, method)
 
     def _finish(self, config: dict[str, Any], method: str) -> dict[str, Any]:
         config["dtype"] = self.spec.dtype

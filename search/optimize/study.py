@@ -30,24 +30,28 @@ import yaml
 from optuna.trial import TrialState
 
 from mergesearch import merging
+from mergesearch.search import attrs as A
 from mergesearch.search.distributed.budget import (
     BudgetSpent,
     GatedStudy,
     fail_stale_trials,
+    reap_dead_here,
     reap_unclaimed,
     spent,
 )
+from mergesearch.search.distributed.faults import stop_on_storage_failure
 from mergesearch.search.distributed.storage import (
     default_storage_url,
     lock_for,
     open_storage,
     retry_once,
 )
+from mergesearch.search.distributed.urls import hide_password
 from mergesearch.search.errors import SpecError, TrialFailed
 from mergesearch.search.optimize.objective import LiveModel, TrialRunner
+from mergesearch.search.optimize.preflight import check_against_sources
 from mergesearch.search.optimize.progress import Progress
 from mergesearch.search.optimize.samplers import (
-    BASELINE_ATTR,
     is_baseline,
     make_pruner,
     make_sampler,
@@ -62,7 +66,6 @@ from mergesearch.search.spec.schema import SearchSpec
 log = logging.getLogger(__name__)
 
 MAX_HELDOUT_TRIALS = 8  # of a Pareto front, the ones scored on the held-out split
-WORKERS_ATTR = "workers_joined"  # study attribute: how many processes have joined the study
 SEED_STRIDE = 7919  # sampler seeds of the workers of one study lie this far apart
 
 
@@ -97,6 +100,7 @@ def run_search(
     baselines = _baseline_configs(spec)
     # sources before storage: a refused spec leaves no empty study behind
     num_layers = _check_sources(spec, merger, baselines)
+    check_against_sources(spec, merger, num_layers)
     storage = open_storage(
         url, heartbeat_interval=spec.heartbeat.interval, grace_period=spec.heartbeat.grace
     )
@@ -109,13 +113,14 @@ def run_search(
         fail_stale_trials(study)
         if lock.reliable:
             reap_unclaimed(study, retry_once())
+            reap_dead_here(study, retry_once())  # a worker of this machine killed: no waiting
         remaining = spec.budget.trials - spent(study.get_trials(deepcopy=False))
         if spec.baselines and remaining > 0:
             _enqueue_baselines(study, baselines)
     log.info(
         "study %r in %s: %d trial(s) so far, sampler %s",
         spec.name,
-        url,
+        hide_password(url),
         len(study.trials),
         resolve_sampler_name(spec, space),
     )
@@ -135,27 +140,30 @@ def run_search(
     # ERROR: Optuna's warning for a failed or interrupted trial carries a traceback; the
     # objective logs each failure in one line, and Ctrl+C is reported by the CLI.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        study.optimize(
-            runner,
-            timeout=spec.budget.timeout,
-            catch=(TrialFailed,),
-            callbacks=[bar],
-            gc_after_trial=False,
-        )
-    except BudgetSpent:
-        pass  # the study-wide budget is handed out: the normal end of a worker
-    except KeyboardInterrupt:
-        if spec.baselines:  # an interrupted baseline waits in the queue for the other workers
-            with lock:
-                _enqueue_baselines(study, baselines)
-        raise
-    finally:
-        bar.close()
-        optuna.logging.set_verbosity(verbosity)
+    # a full disk or a lost database: one line, this worker's trial marked interrupted
+    with stop_on_storage_failure(study, url):
+        try:
+            study.optimize(
+                runner,
+                timeout=spec.budget.timeout,
+                catch=(TrialFailed,),
+                callbacks=[bar],
+                gc_after_trial=False,
+            )
+        except BudgetSpent:
+            pass  # the study-wide budget is handed out: the normal end of a worker
+        except KeyboardInterrupt:
+            if spec.baselines:  # an interrupted baseline waits in the queue for the other workers
+                with lock:
+                    _enqueue_baselines(study, baselines)
+            raise
+        finally:
+            bar.close()
+            optuna.logging.set_verbosity(verbosity)
     ran = bar.count
     if heldout:
-        with lock:  # the first worker to finish scores; the others find the scores stored
+        # the first worker to finish scores; the others find the scores stored
+        with lock, stop_on_storage_failure(study, url):
             score_heldout(study, spec, scorer, runner.live)
     summary = summarize(study)
     return SearchResult(study, spec, url, summary, ran, time.perf_counter() - started)
@@ -205,24 +213,26 @@ def _open_study(
     stored = [d.name.lower() for d in study.directions]
     if stored != directions:
         raise SpecError(
-            f"{spec.source}: study {spec.name!r} in {url} optimises {stored}, this spec {directions}; "
+            f"{spec.source}: study {spec.name!r} in {hide_password(url)} optimises {stored}, "
+            f"this spec {directions}; "
             "use another study name"
         )
     attrs = study.user_attrs
     fingerprint = space.fingerprint()
-    if "space" in attrs and attrs["space"] != fingerprint:
-        changed = sorted(set(attrs["space"].items()) ^ set(fingerprint.items()))[0][0]
+    if A.SPACE in attrs and attrs[A.SPACE] != fingerprint:
+        changed = sorted(set(attrs[A.SPACE].items()) ^ set(fingerprint.items()))[0][0]
         raise SpecError(
-            f"{spec.source}: study {spec.name!r} in {url} was created with another search space "
+            f"{spec.source}: study {spec.name!r} in {hide_password(url)} was created with "
+            "another search space "
             f"(parameter {changed!r} differs); use another study name or the original spec"
         )
-    if "space" not in attrs:
-        study.set_user_attr("spec", spec.to_yaml())
-        study.set_user_attr("sources", {n: spec.sources.path(n) for n in spec.sources.names()})
-        study.set_user_attr("space", fingerprint)
-        study.set_user_attr("method_params", space.used)
+    if A.SPACE not in attrs:
+        study.set_user_attr(A.SPEC, spec.to_yaml())
+        study.set_user_attr(A.SOURCES, {n: spec.sources.path(n) for n in spec.sources.names()})
+        study.set_user_attr(A.SPACE, fingerprint)
+        study.set_user_attr(A.METHOD_PARAMS, space.used)
         study.set_user_attr(
-            "objectives",
+            A.OBJECTIVES,
             [
                 {
                     "name": o.name,
@@ -233,14 +243,17 @@ def _open_study(
                 for o in spec.objectives
             ],
         )
-        study.set_user_attr("combine", spec.combine)
+        study.set_user_attr(A.COMBINE, spec.combine)
     # A resumed study gets a different sampler seed, or a seeded sampler would replay (and
     # the de-duplication answer) the proposals of the first run; so does each worker that joins
     # (the first process keeps the spec's seed: a one-process search stays reproducible).
-    joined = int(attrs.get(WORKERS_ATTR, 0))
-    study.set_user_attr(WORKERS_ATTR, joined + 1)
+    joined = int(attrs.get(A.WORKERS_JOINED, 0))
+    study.set_user_attr(A.WORKERS_JOINED, joined + 1)
     seed = spec.sampler_seed + len(study.trials) + SEED_STRIDE * joined
-    study.sampler = make_sampler(spec, space, seed)
+    n_baselines = len(space.baselines()) if spec.baselines else 0
+    study.sampler = make_sampler(
+        spec, space, seed, search_budget=max(spec.budget.trials - n_baselines, 1)
+    )
     return study
 
 
@@ -249,13 +262,13 @@ def _enqueue_baselines(study: optuna.Study, baselines: dict[str, dict[str, Any]]
     tell baselines apart, as none has parameters, and would also skip interrupted ones.)"""
     live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
     present = {
-        t.user_attrs.get(BASELINE_ATTR)
+        t.user_attrs.get(A.BASELINE)
         for t in study.get_trials(deepcopy=False, states=live)
         if is_baseline(t)
     }
     for name in baselines:
         if name not in present:
-            study.enqueue_trial({}, user_attrs={BASELINE_ATTR: name})
+            study.enqueue_trial({}, user_attrs={A.BASELINE: name})
 
 
 # ---------------------------------------------------------------------- held-out scores
@@ -266,25 +279,30 @@ def score_heldout(study: optuna.Study, spec: SearchSpec, scorer: Scorer, live: L
     splits = [s for s in scorer.splits() if s != "search"]
     if not splits:
         return
-    stored = dict(study.user_attrs.get("heldout", {}))
+    stored = dict(study.user_attrs.get(A.HELDOUT, {}))
     wanted = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_baseline(t)
     ]
     wanted += best_trials(study, MAX_HELDOUT_TRIALS)
     changed = False
     for trial in wanted:
-        if str(trial.number) in stored or "merge_config" not in trial.user_attrs:
+        if str(trial.number) in stored or A.MERGE_CONFIG not in trial.user_attrs:
             continue
-        config = merging.load_merge_config(yaml.safe_load(trial.user_attrs["merge_config"]))
+        config = merging.load_merge_config(yaml.safe_load(trial.user_attrs[A.MERGE_CONFIG]))
         model, tokenizer, _ = live.merge(config)
-        entry: dict[str, Any] = {"config_hash": trial.user_attrs.get("config_hash")}
+        entry: dict[str, Any] = {A.CONFIG_HASH: trial.user_attrs.get(A.CONFIG_HASH)}
         for split in splits:
-            scores = scorer.score(model, tokenizer, split)
+            scores = scorer.score(model, tokenizer, split, per_item=True)
             entry[split] = {**scores.values, "score": _weighted(scorer, scores.values)}
+            if scores.items:  # kept for the standard error of a gain (paired by item)
+                entry[split][A.PER_ITEM] = {
+                    name: [[doc, round(score, 6)] for doc, score in items]
+                    for name, items in scores.items.items()
+                }
         stored[str(trial.number)] = entry
         changed = True
     if changed:
-        study.set_user_attr("heldout", stored)
+        study.set_user_attr(A.HELDOUT, stored)
 
 
 def _weighted(scorer: Scorer, values: dict[str, float]) -> float:

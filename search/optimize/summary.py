@@ -15,7 +15,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mergesearch.search.optimize.samplers import BASELINE_ATTR, is_baseline
+from mergesearch.search import attrs as A
+from mergesearch.search.optimize.samplers import is_baseline
+from mergesearch.search.optimize.significance import Gain, paired_gain
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Row:
     score: float | None
     heldout: dict[str, float] = field(default_factory=dict)
     heldout_score: float | None = None
+    heldout_items: dict[str, list] = field(default_factory=dict)  # objective -> [[doc, score]]
 
 
 @dataclass
@@ -34,15 +37,52 @@ class Summary:
     objectives: list[str]
     rows: list[Row]
     heldout_split: str | None = None
+    weights: dict[str, float] = field(default_factory=dict)  # signed, as in the held-out score
 
     def row(self, label: str) -> Row | None:
         return next((r for r in self.rows if r.label == label), None)
+
+    def gain(self, row: Row, reference: Row) -> Gain | None:
+        """Held-out gain of ``row`` over ``reference``, with its paired standard error when
+        both kept per-item scores."""
+        if row.heldout_score is None or reference.heldout_score is None:
+            return None
+        paired = paired_gain(row.heldout_items, reference.heldout_items, self.weights)
+        if paired is None:
+            return Gain(row.heldout_score - reference.heldout_score)
+        return paired
+
+    def best_source(self, sources: list[str] | None = None) -> Row | None:
+        """The baseline with the best held-out score among ``sources`` (every single-model
+        baseline when not given)."""
+        names = sources or [r.label for r in self.rows if r.label not in ("average",)]
+        scored = [r for r in self.rows if r.label in names and r.heldout_score is not None]
+        scored = [r for r in scored if not r.label.startswith(("best", "pareto"))]
+        return max(scored, key=lambda r: r.heldout_score, default=None)
+
+    def gain_lines(self, sources: list[str] | None = None) -> list[str]:
+        """How the best merge compares, held out, with the best source and the average."""
+        best = self.best[0] if len(self.best) == 1 else None
+        if best is None or best.heldout_score is None:
+            return []
+        lines = []
+        for label, reference in (
+            ("best source", self.best_source(sources)),
+            ("average", self.row("average")),
+        ):
+            gain = self.gain(best, reference) if reference is not None else None
+            if gain is not None:
+                name = "" if reference.label == label else f"{reference.label}, "
+                what = f"{label} ({name}{reference.heldout_score:.3f})"
+                lines.append(f"held-out gain over the {what}: {gain.describe()}")
+        return lines
 
     @property
     def best(self) -> list[Row]:
         return [r for r in self.rows if r.label.startswith("best")]
 
-    def render(self) -> str:
+    def render(self, *, gains: bool = True) -> str:
+        """The table; then, with ``gains``, the best merge's held-out gains and their errors."""
         head = ["trial", "what", *self.objectives, "score"]
         split = self.heldout_split
         if split:
@@ -74,7 +114,8 @@ class Summary:
                     for i, (c, w) in enumerate(zip(cells, widths, strict=True))
                 ).rstrip()
             )
-        return "\n".join(lines)
+        extra = self.gain_lines() if gains else []
+        return "\n".join([*lines, *(["", *extra] if extra else [])])
 
 
 def _num(value: Any) -> str:
@@ -83,8 +124,14 @@ def _num(value: Any) -> str:
     return f"{value:.4f}"
 
 
+def items_spent(trials: list[FrozenTrial]) -> int:
+    """Evaluator requests the search spent (held-out scoring not counted): the cost that
+    matters once models are large, budgeted and reported beside the trial count."""
+    return sum(int(t.user_attrs.get(A.ITEMS, 0)) for t in trials)
+
+
 def objective_names(study: optuna.Study) -> list[str]:
-    return [o["name"] for o in study.user_attrs.get("objectives", [])]
+    return [o["name"] for o in study.user_attrs.get(A.OBJECTIVES, [])]
 
 
 def best_trials(study: optuna.Study, limit: int = 8) -> list[FrozenTrial]:
@@ -92,7 +139,7 @@ def best_trials(study: optuna.Study, limit: int = 8) -> list[FrozenTrial]:
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not is_baseline(t) and "duplicate_of" not in t.user_attrs
+        if not is_baseline(t) and A.DUPLICATE_OF not in t.user_attrs
     ]
     if not done:
         return []
@@ -109,25 +156,40 @@ def best_trials(study: optuna.Study, limit: int = 8) -> list[FrozenTrial]:
     return sorted(unique.values(), key=lambda t: t.number)[:limit]
 
 
+def signed_weights(study: optuna.Study) -> dict[str, float]:
+    """Each objective's weight in the held-out score: negated when it runs against the study's
+    direction; normalised to a mean for Pareto studies (as the held-out score is)."""
+    objectives = study.user_attrs.get(A.OBJECTIVES, [])
+    direction = study.directions[0].name.lower()
+    pareto = study.user_attrs.get(A.COMBINE) == "pareto"
+    total = sum(o.get("weight", 1.0) for o in objectives) or 1.0
+    weights = {}
+    for o in objectives:
+        sign = 1.0 if pareto or o.get("direction", direction) == direction else -1.0
+        weights[o["name"]] = sign * o.get("weight", 1.0) / (total if pareto else 1.0)
+    return weights
+
+
 def _row(
     trial: FrozenTrial, label: str, objectives: list[str], heldout: dict, split: str | None
 ) -> Row:
-    metrics = trial.user_attrs.get("metrics", {})
+    metrics = trial.user_attrs.get(A.METRICS, {})
     search = {o: metrics[o]["search"] for o in objectives if "search" in metrics.get(o, {})}
     entry = heldout.get(str(trial.number), {}).get(split, {}) if split else {}
     return Row(
         label=label,
         number=trial.number,
-        method=trial.user_attrs.get("method") or _method_of(trial),
+        method=trial.user_attrs.get(A.METHOD) or _method_of(trial),
         search=search,
         score=trial.values[0] if trial.values and len(trial.values) == 1 else None,
         heldout={o: entry[o] for o in objectives if o in entry},
         heldout_score=entry.get("score"),
+        heldout_items=dict(entry.get(A.PER_ITEM, {})),
     )
 
 
 def _method_of(trial: FrozenTrial) -> str:
-    text = trial.user_attrs.get("merge_config", "")
+    text = trial.user_attrs.get(A.MERGE_CONFIG, "")
     for line in text.splitlines():
         if line.startswith("merge_method:"):
             return line.split(":", 1)[1].strip()
@@ -137,18 +199,19 @@ def _method_of(trial: FrozenTrial) -> str:
 def summarize(study: optuna.Study) -> Summary:
     """Baselines first, then the best trial(s), with held-out scores when they were scored."""
     objectives = objective_names(study)
-    heldout = study.user_attrs.get("heldout", {})
-    splits = sorted({s for e in heldout.values() for s in e if s not in ("config_hash",)})
+    heldout = study.user_attrs.get(A.HELDOUT, {})
+    splits = sorted({s for e in heldout.values() for s in e if s != A.CONFIG_HASH})
     split = "heldout" if "heldout" in splits else (splits[0] if splits else None)
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if is_baseline(t):
-            rows.append(_row(t, t.user_attrs[BASELINE_ATTR], objectives, heldout, split))
+            rows.append(_row(t, t.user_attrs[A.BASELINE], objectives, heldout, split))
     best = best_trials(study)
     for t in best:
         label = "best" if len(best) == 1 else "pareto"
         rows.append(_row(t, label, objectives, heldout, split))
-    return Summary(objectives, rows, split)
+    weights = signed_weights(study) if study.user_attrs.get(A.OBJECTIVES) else {}
+    return Summary(objectives, rows, split, weights)
 
 
 # ---------------------------------------------------------------------- every trial
@@ -167,8 +230,8 @@ def describe_params(
 ) -> str:
     """A short text of the parameters a trial's method read (the name of a baseline)."""
     if is_baseline(trial):
-        return f"baseline {trial.user_attrs[BASELINE_ATTR]}"
-    method = trial.params.get("method") or trial.user_attrs.get("method")
+        return f"baseline {trial.user_attrs[A.BASELINE]}"
+    method = trial.params.get("method") or trial.user_attrs.get(A.METHOD)
     wanted = (used or {}).get(method)
     parts = []
     for name, value in trial.params.items():
@@ -184,32 +247,32 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     merge and eval seconds, note (duplicate, pruned stage, failure reason), best flag."""
     objectives = objective_names(study)
     best = {t.number for t in best_trials(study)}
-    used = study.user_attrs.get("method_params")
+    used = study.user_attrs.get(A.METHOD_PARAMS)
     rows = []
     trials = study.get_trials(deepcopy=False)
-    retried_as = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", ())[-1:]}
+    retried_as = {n: t.number for t in trials for n in t.system_attrs.get(A.RETRY_HISTORY, ())[-1:]}
     for t in trials:
         attrs = t.user_attrs
-        metrics = attrs.get("metrics", {})
+        metrics = attrs.get(A.METRICS, {})
         note = ""
-        if "duplicate_of" in attrs:
+        if A.DUPLICATE_OF in attrs:
             note = f"same config as #{attrs['duplicate_of']}"
         elif t.state == TrialState.PRUNED:
             note = f"pruned after {attrs.get('stage')} items"
-        elif "fail_reason" in attrs:
-            note = attrs["fail_reason"]
+        elif A.FAIL_REASON in attrs:
+            note = attrs[A.FAIL_REASON]
         elif t.number in retried_as:
             note = f"worker lost; run again as #{retried_as[t.number]}"
         rows.append(
             {
                 "number": t.number,
                 "state": STATE_NAMES.get(t.state, t.state.name.lower()),
-                "what": attrs.get(BASELINE_ATTR) or attrs.get("method") or _method_of(t),
+                "what": attrs.get(A.BASELINE) or attrs.get(A.METHOD) or _method_of(t),
                 "params": describe_params(t, used),
                 "scores": {o: metrics.get(o, {}).get("search") for o in objectives},
                 "values": list(t.values) if t.values else None,
-                "merge_seconds": attrs.get("merge_seconds"),
-                "eval_seconds": attrs.get("eval_seconds"),
+                "merge_seconds": attrs.get(A.MERGE_SECONDS),
+                "eval_seconds": attrs.get(A.EVAL_SECONDS),
                 "note": note,
                 "best": t.number in best,
             }

@@ -17,8 +17,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from mergesearch import merging
-from mergesearch.search.errors import SpecError, did_you_mean
-from mergesearch.search.optimize.samplers import BASELINE_ATTR, is_baseline
+from mergesearch.merging.errors import did_you_mean
+from mergesearch.search import attrs as A
+from mergesearch.search.errors import SpecError
+from mergesearch.search.optimize.samplers import is_baseline
 from mergesearch.search.optimize.summary import best_trials
 
 PICKS = ("weighted", "knee")  # named choices from a Pareto front, besides an objective's name
@@ -37,7 +39,7 @@ class ObjectiveInfo:
 
 def objectives(study: optuna.Study) -> list[ObjectiveInfo]:
     """The study's objectives; a study made outside ``mergesearch`` gets one per value."""
-    stored = study.user_attrs.get("objectives")
+    stored = study.user_attrs.get(A.OBJECTIVES)
     if stored:
         return [
             ObjectiveInfo(o["name"], float(o.get("weight", 1.0)), o.get("direction", "maximize"))
@@ -69,28 +71,28 @@ def baselines(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def baseline_name(trial: FrozenTrial) -> str | None:
-    return trial.user_attrs.get(BASELINE_ATTR)
+    return trial.user_attrs.get(A.BASELINE)
 
 
 def search_trials(study: optuna.Study, *, unique: bool = True) -> list[FrozenTrial]:
     """Completed trials the sampler proposed; ``unique`` leaves out answered duplicates."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return [
-        t for t in done if not is_baseline(t) and not (unique and "duplicate_of" in t.user_attrs)
+        t for t in done if not is_baseline(t) and not (unique and A.DUPLICATE_OF in t.user_attrs)
     ]
 
 
 def method_of(trial: FrozenTrial) -> str:
-    if BASELINE_ATTR in trial.user_attrs:
-        return str(trial.user_attrs[BASELINE_ATTR])
-    if "method" in trial.user_attrs:
-        return str(trial.user_attrs["method"])
+    if A.BASELINE in trial.user_attrs:
+        return str(trial.user_attrs[A.BASELINE])
+    if A.METHOD in trial.user_attrs:
+        return str(trial.user_attrs[A.METHOD])
     config = merge_config_dict(trial)
     return str(config.get("merge_method", "?")) if config else "?"
 
 
 def merge_config_dict(trial: FrozenTrial) -> dict | None:
-    text = trial.user_attrs.get("merge_config")
+    text = trial.user_attrs.get(A.MERGE_CONFIG)
     if not text:
         return None
     data = yaml.safe_load(text)
@@ -112,10 +114,10 @@ def scores(study: optuna.Study, trial: FrozenTrial) -> dict[str, dict[str, float
     """``{split: {objective: value}}``: search scores from the trial, held-out ones (and their
     weighted ``score``) from the study when the search scored that trial on them."""
     out: dict[str, dict[str, float]] = {}
-    for name, per_split in (trial.user_attrs.get("metrics") or {}).items():
+    for name, per_split in (trial.user_attrs.get(A.METRICS) or {}).items():
         for split, value in (per_split or {}).items():
             out.setdefault(split, {})[name] = value
-    held = (study.user_attrs.get("heldout") or {}).get(str(trial.number), {})
+    held = (study.user_attrs.get(A.HELDOUT) or {}).get(str(trial.number), {})
     for split, values in held.items():
         if isinstance(values, dict):
             out.setdefault(split, {}).update(values)
@@ -124,8 +126,8 @@ def scores(study: optuna.Study, trial: FrozenTrial) -> dict[str, dict[str, float
 
 def heldout_split(study: optuna.Study) -> str | None:
     """The split held out from the search (``heldout`` when present), if any was scored."""
-    splits = {s for entry in (study.user_attrs.get("heldout") or {}).values() for s in entry} - {
-        "config_hash"
+    splits = {s for entry in (study.user_attrs.get(A.HELDOUT) or {}).values() for s in entry} - {
+        A.CONFIG_HASH
     }
     if "heldout" in splits:
         return "heldout"
@@ -172,7 +174,7 @@ def pick_trial(
             raise SpecError(f"study {study.study_name!r}: no trial {number} ({known})")
         trial = trials[number]
         if trial.state != TrialState.COMPLETE:
-            reason = trial.user_attrs.get("fail_reason")
+            reason = trial.user_attrs.get(A.FAIL_REASON)
             why = f" ({reason})" if reason else ""
             raise SpecError(
                 f"study {study.study_name!r}: trial {number} is {trial.state.name}{why}; "

@@ -9,7 +9,9 @@ Artifacts of finished trials cannot go through ``optuna.artifacts.upload_artifac
 refuses to touch a finished trial), so the metadata goes where optuna-dashboard also looks: a
 study system attribute ``dashboard:artifacts:<trial_id>:<artifact_id>``. Artifact ids are derived
 from (study, trial, config), so attaching twice is a no-op; the files live in
-``<results>/artifacts/``.
+``<results>/artifacts/`` (for a database server, which has no results folder, in a temporary
+folder removed when the dashboard stops: serving a study creates nothing in the working
+directory).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 import json
 import logging
 import socket
+import tempfile
 import threading
 import uuid
 import warnings
@@ -28,8 +31,10 @@ from pathlib import Path
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
+from mergesearch.search import attrs as A
 from mergesearch.search.distributed.locate import StudyLocation
-from mergesearch.search.distributed.storage import open_storage
+from mergesearch.search.distributed.storage import open_existing
+from mergesearch.search.distributed.urls import hide_passwords
 from mergesearch.search.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ def attach_merge_configs(study: optuna.Study, store_dir: Path) -> int:
     present = storage.get_study_system_attrs(study_id)
     added = 0
     for trial in study.get_trials(deepcopy=False):
-        text = trial.user_attrs.get("merge_config")
+        text = trial.user_attrs.get(A.MERGE_CONFIG)
         if not text:
             continue
         aid = artifact_id(study, trial.number, text)
@@ -80,10 +85,10 @@ def attach_merge_configs(study: optuna.Study, store_dir: Path) -> int:
 
 
 def spec_note(study: optuna.Study) -> str | None:
-    spec = study.user_attrs.get("spec")
+    spec = hide_passwords(study.user_attrs.get(A.SPEC) or "")  # a study made before the rule
     if not spec:
         return None
-    objectives = study.user_attrs.get("objectives") or []
+    objectives = study.user_attrs.get(A.OBJECTIVES) or []
     lines = [f"{NOTE_HEAD} `{study.study_name}`", ""]
     if objectives:
         listed = ", ".join(
@@ -129,10 +134,10 @@ def set_trial_notes(study: optuna.Study) -> int:
     present = storage.get_study_system_attrs(study_id)
     written = 0
     for trial in study.get_trials(deepcopy=False):
-        text = trial.user_attrs.get("merge_config")
+        text = trial.user_attrs.get(A.MERGE_CONFIG)
         if not text or note_ver_key(trial._trial_id) in present:
             continue
-        what = trial.user_attrs.get("baseline")
+        what = trial.user_attrs.get(A.BASELINE)
         head = f"Baseline `{what}`" if what else f"Trial {trial.number}"
         body = f"{head}: merge config (also attached as `{artifact_name(trial.number)}`)\n\n"
         save_note_with_version(storage, study_id, trial._trial_id, 1, f"{body}```yaml\n{text}```\n")
@@ -144,7 +149,7 @@ def name_metrics(study: optuna.Study) -> None:
     """Label the study values with objective names, where the search did not already."""
     if study.metric_names is not None:
         return
-    infos = study.user_attrs.get("objectives") or []
+    infos = study.user_attrs.get(A.OBJECTIVES) or []
     if len(study.directions) == 1:
         names = [infos[0]["name"] if len(infos) == 1 else "weighted score"]
     elif len(infos) == len(study.directions):
@@ -156,9 +161,18 @@ def name_metrics(study: optuna.Study) -> None:
         study.set_metric_names(names)
 
 
-def prepare(study: optuna.Study, location: StudyLocation) -> Path:
+def artifacts_folder(location: StudyLocation) -> Path | None:
+    """``<results>/artifacts`` when the results folder exists (a study file's folder); ``None``
+    for a database server, whose results folder would be a new ``results/<study>`` in the
+    working directory: the dashboard only reads, so it keeps its files in a temporary folder."""
+    if location.results_dir.is_dir():
+        return location.results_dir / ARTIFACTS_DIR
+    return None
+
+
+def prepare(study: optuna.Study, location: StudyLocation, store_dir: Path | None = None) -> Path:
     """Attach artifacts, notes and metric names; return the artifact folder."""
-    store_dir = location.results_dir / ARTIFACTS_DIR
+    store_dir = store_dir or location.results_dir / ARTIFACTS_DIR
     added = attach_merge_configs(study, store_dir)
     set_spec_note(study)
     set_trial_notes(study)
@@ -214,9 +228,21 @@ def serve(
 
     ``on_ready(Served)`` is called once the address is known, before serving starts.
     """
+    with tempfile.TemporaryDirectory(prefix="mergesearch-artifacts-") as scratch:
+        store_dir = prepare(study, location, artifacts_folder(location) or Path(scratch))
+        _serve(study, location, store_dir, host, port, on_ready)
+
+
+def _serve(
+    study: optuna.Study,
+    location: StudyLocation,
+    store_dir: Path,
+    host: str,
+    port: int,
+    on_ready,
+) -> None:
     from optuna_dashboard import run_server
 
-    store_dir = prepare(study, location)
     if port:
         check_port(host, port)
     else:
@@ -232,7 +258,7 @@ def serve(
     thread.start()
     try:
         run_server(
-            open_storage(location.storage_url),  # a plain storage: no cache of this process
+            open_existing(location.storage_url),  # a plain storage: no cache of this process
             host=host,
             port=port,
             artifact_store=FileSystemArtifactStore(str(store_dir)),

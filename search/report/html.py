@@ -2,7 +2,7 @@
 
 One self-contained HTML file that renders offline: plotly.js is embedded once in the head and
 every figure is a ``<div>`` plus a short script (a full ``write_html`` per figure would repeat
-the 4.8 MB library). The PNGs (matplotlib) go to ``plots/`` next to it. Both files are written
+the multi-megabyte library). The PNGs (matplotlib) go to ``plots/`` next to it. Both files are written
 aside and renamed into place, so a reader never opens half a report.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
+from mergesearch.merging.atomic import atomic_path, atomic_write_text
+from mergesearch.search import attrs as A
 from mergesearch.search.distributed.locate import StudyLocation
+from mergesearch.search.distributed.urls import hide_password, hide_passwords
 from mergesearch.search.optimize import trials as T
 from mergesearch.search.optimize.summary import STATE_NAMES, describe_params
 from mergesearch.search.report import plots, plots_png
@@ -137,7 +139,7 @@ def write_report(
     for name in set(PNG_NAMES) - {p.name for p in result.pngs}:  # left by an earlier report
         (out_dir / PLOTS_DIR / name).unlink(missing_ok=True)
     page = _page(study, location, chosen, why, sections, _top_table(study, top), result.pngs)
-    result.bytes = _write_atomic(result.html, page)
+    result.bytes = atomic_write_text(result.html, page)
     return result
 
 
@@ -146,9 +148,8 @@ def write_report(
 
 def _png(out_dir: Path, name: str, draw, *args) -> Path:
     path = out_dir / PLOTS_DIR / name
-    tmp = path.with_name(f".{name}.{os.getpid()}.tmp.png")
-    draw(*args, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        draw(*args, tmp)
     return path
 
 
@@ -199,8 +200,8 @@ def _top_table(study: optuna.Study, top: int) -> str:
                 describe_params(t, width=90),
                 _num(T.weighted(study, t)),
                 *_scores_cells(study, t, names, split),
-                _num(t.user_attrs.get("merge_seconds")),
-                _num(t.user_attrs.get("eval_seconds")),
+                _num(t.user_attrs.get(A.MERGE_SECONDS)),
+                _num(t.user_attrs.get(A.EVAL_SECONDS)),
             ]
         )
     for t in T.baselines(study):
@@ -214,8 +215,8 @@ def _top_table(study: optuna.Study, top: int) -> str:
                 else "uniform average of the sources",
                 _num(T.weighted(study, t)),
                 *_scores_cells(study, t, names, split),
-                _num(t.user_attrs.get("merge_seconds")),
-                _num(t.user_attrs.get("eval_seconds")),
+                _num(t.user_attrs.get(A.MERGE_SECONDS)),
+                _num(t.user_attrs.get(A.EVAL_SECONDS)),
             ]
         )
     if not rows:
@@ -254,7 +255,7 @@ def _chosen_block(study: optuna.Study, chosen: FrozenTrial | None, why: str) -> 
         + "".join(f"<td>{c}</td>" for c in cells)
         + "</tr></table>"
     )
-    config = chosen.user_attrs.get("merge_config", "")
+    config = chosen.user_attrs.get(A.MERGE_CONFIG, "")
     return (
         f'<p id="chosen">Trial <b>#{chosen.number}</b> ({html.escape(T.method_of(chosen))}): '
         f"{html.escape(why)}. Export it with <code>mergesearch export</code>.</p>{table}"
@@ -287,12 +288,12 @@ def _page(
     count, counts_text = _trial_counts(study)
     infos = T.objectives(study)
     objectives = ", ".join(f"{o.name} ({o.direction}, weight {o.weight:g})" for o in infos)
-    combine = study.user_attrs.get("combine") or (
+    combine = study.user_attrs.get(A.COMBINE) or (
         "pareto" if T.is_multi_objective(study) else "single value"
     )
-    spec = study.user_attrs.get("spec")
+    spec = hide_passwords(study.user_attrs.get(A.SPEC) or "")  # a study made before the rule
     facts = [
-        ("storage", location.storage_url),
+        ("storage", hide_password(location.storage_url)),
         ("objectives", objectives),
         ("combined as", combine),
         ("generated", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
@@ -323,11 +324,3 @@ def _page(
 <p class="missing">PNG versions: {links}</p>
 </body></html>
 """
-
-
-def _write_atomic(path: Path, text: str) -> int:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = text.encode()
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return len(data)

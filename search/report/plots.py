@@ -12,7 +12,6 @@ coordinates, Pareto front (multi-objective), per-layer parameter profile of the 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial
 
 from mergesearch import merging
+from mergesearch.merging.architecture import parse_layer_name
+from mergesearch.search import attrs as A
 from mergesearch.search.optimize import trials as T
 
-LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -62,7 +62,7 @@ class StudyData:
 
 
 def prepare(study: optuna.Study, chosen: FrozenTrial | None) -> StudyData:
-    sources = study.user_attrs.get("sources") or {}
+    sources = study.user_attrs.get(A.SOURCES) or {}
     return StudyData(
         study=study,
         objectives=T.objectives(study),
@@ -94,7 +94,7 @@ def _value_getters(data: StudyData) -> list[tuple[str, str, object]]:
     """(name, direction, trial -> value) of each history panel."""
 
     def metric(name: str):
-        return lambda t: (t.user_attrs.get("metrics") or {}).get(name, {}).get("search")
+        return lambda t: (t.user_attrs.get(A.METRICS) or {}).get(name, {}).get("search")
 
     if data.multi:
         return [(o.name, o.direction, _value(i)) for i, o in enumerate(data.objectives)]
@@ -183,15 +183,15 @@ def layer_profile(data: StudyData) -> Profile | None:
         lambda: defaultdict(list)
     )
     for job in plan.jobs:
-        match = LAYER_RE.search(job.out_name)
-        if match is None:
+        out = parse_layer_name(job.out_name)
+        if out is None:
             continue
-        layer = int(match[1])
-        if plan.method.name == "passthrough":
+        layer = out.index
+        if plan.method.stacks_layers:  # no parameters: show where each layer comes from
             for ref in job.inputs:
-                source = LAYER_RE.search(ref.name)
+                source = parse_layer_name(ref.name)
                 if source is not None:
-                    per_layer[("source layer", data.label(ref.model))][layer].append(int(source[1]))
+                    per_layer[("source layer", data.label(ref.model))][layer].append(source.index)
             continue
         for ref, values in zip(job.inputs, job.per_model, strict=True):
             for param, value in values.items():

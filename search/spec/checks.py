@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from mergesearch import merging
+from mergesearch.merging.errors import did_you_mean
 from mergesearch.merging.methods import REQUIRED, BaseRole
-from mergesearch.search.errors import SpecError, did_you_mean
+from mergesearch.search.errors import SpecError
+from mergesearch.search.spec.ranges import check_ranges
 from mergesearch.search.spec.schema import SearchSpec
 from mergesearch.search.spec.values import PerModel, Range
 
@@ -28,21 +30,25 @@ def check_spec(spec: SearchSpec) -> None:
         if method.base == BaseRole.REQUIRED and not spec.sources.base and len(models) < 2:
             raise SpecError(f"{src}: sources.base: merge method {name!r} needs a base model")
         takes = {**method.per_model_params, **method.global_params}
-        if name == "passthrough":
+        if method.stacks_layers:  # searched by its slices, not by parameters
             if not override.slices:
                 raise SpecError(
-                    f"{src}: methods.passthrough.slices: list the slices to search, "
+                    f"{src}: methods.{name}.slices: list the slices to search, "
                     "e.g. [{source: a, start: {low: 0, high: 8}, length: 8}]"
                 )
             if override.parameters:
                 key = next(iter(override.parameters))
                 raise SpecError(
-                    f"{src}: methods.passthrough.{key}: passthrough takes only slices in a search spec"
+                    f"{src}: methods.{name}.{key}: {name} takes only slices in a search spec"
                 )
-            _check_slices(spec, override.slices)
+            _check_slices(spec, name, override.slices)
             continue
         if override.slices:
-            raise SpecError(f"{src}: methods.{name}.slices: slices apply to passthrough only")
+            stacking = ", ".join(m.name for m in known.values() if m.stacks_layers)
+            raise SpecError(
+                f"{src}: methods.{name}.slices: slices apply only to methods that stack layers "
+                f"({stacking})"
+            )
         for param, value in override.parameters.items():
             if param not in takes:
                 raise SpecError(
@@ -99,6 +105,7 @@ def _inputs(spec: SearchSpec, method_name: str) -> list[str]:
 
 
 def _check_value(spec: SearchSpec, key: str, method_name: str, param: str, value: Any) -> None:
+    check_ranges(spec, key, param, value)
     method = merging.METHODS[method_name]
     if isinstance(value, PerModel):
         if param not in method.per_model_params:
@@ -114,10 +121,10 @@ def _check_value(spec: SearchSpec, key: str, method_name: str, param: str, value
                 )
 
 
-def _check_slices(spec: SearchSpec, slices: tuple) -> None:
+def _check_slices(spec: SearchSpec, method_name: str, slices: tuple) -> None:
     names = spec.sources.names()
     for i, sl in enumerate(slices):
-        key = f"{spec.source}: methods.passthrough.slices[{i}]"
+        key = f"{spec.source}: methods.{method_name}.slices[{i}]"
         sources = sl.source.choices if isinstance(sl.source, Range) else (sl.source.value,)
         if sources is None:
             raise SpecError(f"{key}.source: give a source name or {{choices: [names]}}")

@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.yaml_io import read_yaml
 from mergesearch.search.errors import SpecError
 from mergesearch.search.spec.checks import check_spec
 from mergesearch.search.spec.schema import SearchSpec, first_message
@@ -64,13 +66,9 @@ def load_spec(spec: str | Path | dict[str, Any] | SearchSpec, **overrides: Any) 
         if not path.is_file():
             raise SpecError(f"{source}: no such search spec file")
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise SpecError(
-                f"{source}:{where}: not valid YAML ({getattr(err, 'problem', err)})"
-            ) from None
+            data = read_yaml(path)
+        except ConfigError as err:  # bounded reading: one line, the spec's own error type
+            raise SpecError(str(err)) from None
         if not isinstance(data, dict):
             raise SpecError(f"{source}: a search spec is a YAML mapping of keys")
         data.setdefault("name", path.stem)

@@ -16,8 +16,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PlainValidator,
     ValidationError,
@@ -25,25 +23,34 @@ from pydantic import (
     model_validator,
 )
 
-from mergesearch.search.errors import did_you_mean
-from mergesearch.search.spec.values import Fixed, ParamValue, Range, is_number, parse_value
+from mergesearch.merging.config import DTYPES
+from mergesearch.merging.errors import did_you_mean
+from mergesearch.search.distributed.urls import hide_passwords
+from mergesearch.search.optimize.registry import (
+    AUTO,
+    PRUNER_NAMES,
+    PRUNERS,
+    SAMPLER_NAMES,
+    SAMPLERS,
+)
+from mergesearch.search.spec.values import (
+    Fixed,
+    Frozen,
+    ParamValue,
+    Range,
+    is_number,
+    parse_value,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED_SOURCE_NAMES = ("base", "average")
-SAMPLERS = ("auto", "cmaes", "tpe", "gp", "nsga2", "random", "qmc")
-PRUNERS = ("none", "median", "wilcoxon")
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------- sections
 
 
-class Sources(_Frozen):
+class Sources(Frozen):
     base: str | None = None
     models: dict[str, str]
 
@@ -86,7 +93,7 @@ class Sources(_Frozen):
         return self.base if name == "base" else self.models[name]  # type: ignore[return-value]
 
 
-class SliceSpec(_Frozen):
+class SliceSpec(Frozen):
     """One searched slice of a passthrough merge: ``layers [start, start+length)`` of ``source``."""
 
     source: Annotated[Fixed | Range, PlainValidator(lambda v: parse_value(v, per_model_ok=False))]
@@ -98,7 +105,7 @@ class SliceSpec(_Frozen):
     ]
 
 
-class MethodSpec(_Frozen):
+class MethodSpec(Frozen):
     """Parameters given for one method only; they override the shared ``parameters``."""
 
     parameters: dict[str, ParamValue] = Field(default_factory=dict)
@@ -127,12 +134,12 @@ def _parse_methods(value: Any) -> dict[str, MethodSpec]:
     raise ValueError("give a list of method names or a mapping method: {parameter: value}")
 
 
-class Granularity(_Frozen):
+class Granularity(Frozen):
     layer_groups: int = Field(default=1, ge=1)
     filters: tuple[str, ...] = ()
 
 
-class Split(_Frozen):
+class Split(Frozen):
     """Which items of which task a split scores: all, the first ``limit``, or ``items [a, b)``."""
 
     task: str | None = None
@@ -150,11 +157,11 @@ class Split(_Frozen):
         return self
 
 
-class Objective(_Frozen):
+class Objective(Frozen):
     name: str
     evaluator: str = "lm_eval"
     metric: str
-    weight: float = 1.0
+    weight: float = Field(default=1.0, allow_inf_nan=False)  # NaN would fail every trial
     direction: Literal["maximize", "minimize"] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     splits: dict[str, Split]
@@ -192,14 +199,14 @@ class Objective(_Frozen):
         return f"{task}/{self.metric}" if task else self.metric
 
 
-class SamplerSpec(_Frozen):
-    name: Literal[SAMPLERS] = "auto"  # type: ignore[valid-type]
+class SamplerSpec(Frozen):
+    name: Literal[SAMPLER_NAMES] = AUTO  # type: ignore[valid-type]
     seed: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class PrunerSpec(_Frozen):
-    name: Literal[PRUNERS] = "none"  # type: ignore[valid-type]
+class PrunerSpec(Frozen):
+    name: Literal[PRUNER_NAMES] = "none"  # type: ignore[valid-type]
     stages: tuple[int | None, ...] = (None,)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -227,12 +234,12 @@ def _parse_seconds(value: Any) -> float | None:
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
 
 
-class Budget(_Frozen):
+class Budget(Frozen):
     trials: int = Field(default=50, ge=1)
     timeout: Annotated[float | None, PlainValidator(_parse_seconds)] = None
 
 
-class Heartbeat(_Frozen):
+class Heartbeat(Frozen):
     """Dead-worker detection (RDB storages): a running trial writes a heartbeat every
     ``interval`` seconds; one silent for ``grace_period`` seconds (default: four intervals) is
     failed and run again once. The grace period is generous because a busy CPU can delay the
@@ -258,7 +265,7 @@ class Heartbeat(_Frozen):
 # --------------------------------------------------------------------------- the spec
 
 
-class SearchSpec(_Frozen):
+class SearchSpec(Frozen):
     """A validated search spec. ``source`` says where it came from, for error messages."""
 
     name: str
@@ -307,7 +314,14 @@ class SearchSpec(_Frozen):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SearchSpec:
-        if self.pruner.name != "none":
+        sampler = SAMPLERS.get(self.sampler.name)  # None: auto, which picks one that fits
+        if self.combine == "pareto" and sampler is not None and not sampler.multi_objective:
+            able = ", ".join(n for n, e in SAMPLERS.items() if e.multi_objective)
+            raise ValueError(
+                f"sampler: {self.sampler.name} searches one objective only; with combine: "
+                f"pareto use auto or one of {able}"
+            )
+        if PRUNERS[self.pruner.name].prunes:
             if self.combine == "pareto":
                 raise ValueError(
                     "pruner: Optuna cannot prune multi-objective studies; use pruner: none "
@@ -326,7 +340,9 @@ class SearchSpec(_Frozen):
         return self.seed if self.sampler.seed is None else self.sampler.seed
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.raw, sort_keys=False)
+        """The spec as written, for the study to keep: a storage password hidden (the report,
+        the dashboard and the exported model card repeat this text)."""
+        return hide_passwords(yaml.safe_dump(self.raw, sort_keys=False))
 
 
 SPEC_KEYS = (

@@ -19,25 +19,28 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
-from mergesearch.search.errors import did_you_mean
+from mergesearch.merging.errors import did_you_mean
 
 Scalar = float | int | bool | str
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
+    """The base of every spec model: immutable once validated, and an unknown key is an error
+    (a misspelt key would otherwise be dropped in silence)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------- parameter values
 
 
-class Fixed(_Frozen):
+class Fixed(Frozen):
     """A value the search does not change: a number, a boolean or a gradient list."""
 
     value: Scalar | tuple[float, ...]
 
 
-class Range(_Frozen):
+class Range(Frozen):
     """A searched value: ``low..high`` (float or int) or one of ``choices``."""
 
     low: float | None = None
@@ -72,7 +75,7 @@ class Range(_Frozen):
         return self
 
 
-class PerModel(_Frozen):
+class PerModel(Frozen):
     """One value per source model of a per-model parameter (``weight``, ``density``...)."""
 
     values: dict[str, Fixed | Range]

@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from tests.helpers.tiny_models import make_config
+
 # Offline before anything imports the Hugging Face libraries; the evaluators force it too.
 for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_name] = "1"
@@ -21,16 +23,15 @@ def tokenizer():
 
 def tiny_model(tokenizer, seed: int):
     """A 2-layer Llama with large random weights, so that greedy outputs differ by seed."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = make_config(
+        "llama",
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=True,
         initializer_range=0.3,

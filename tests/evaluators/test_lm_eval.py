@@ -171,6 +171,24 @@ def test_limit_and_samples_pick_documents(evaluator, model, tokenizer):
     assert picked.items["t_gen/exact_match,strip"] == [(i, full[i]) for i in (2, 5, 9)]
 
 
+def test_requests_count_what_the_model_was_asked(evaluator, model, tokenizer):
+    # a generation item is one request; a 4-way multiple-choice item is four loglikelihoods
+    whole = evaluator.evaluate(model, tokenizer)
+    assert whole.requests == 24 * 1 + 20 * 4
+    limited = evaluator.evaluate(model, tokenizer, limit=3)
+    assert limited.requests == 3 * 1 + 3 * 4
+
+
+def test_excluded_documents_are_not_scored_again(evaluator, model, tokenizer):
+    full = evaluator.evaluate(model, tokenizer, per_item=True)
+    rest = evaluator.evaluate(model, tokenizer, exclude=range(10), per_item=True)
+    assert rest.requests == 14 * 1 + 10 * 4
+    key = "t_gen/exact_match,strip"
+    assert rest.items[key] == full.items[key][10:]
+    nothing = evaluator.evaluate(model, tokenizer, limit=5, exclude=range(5))
+    assert nothing.metrics == {} and nothing.requests == 0
+
+
 def test_metric_selection(task_dir):
     ev = evaluators.get(
         "lm_eval",

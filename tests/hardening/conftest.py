@@ -2,8 +2,9 @@
 
 Every fixture here is made once per session: a good family (``base``, ``a``, ``b``), siblings
 that differ in one way a user can get wrong (architecture, hidden size, vocabulary), damaged
-checkpoints (missing shard, truncated file, NaN weights, no ``config.json``), a malicious
-pickle, and a finished study to point ``status``/``report``/``export`` at.
+checkpoints (missing shard, truncated file, NaN weights, no ``config.json``, a dtype the header
+mislabels), a malicious pickle, and a finished study to point ``status``/``report``/``export``
+at.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.hardening.helpers import write_malicious_pickle
+from tests.helpers.fake_study import make_study
 from tests.helpers.tiny_models import make_family, make_llama_family
-from tests.search.fake_study import make_study
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -62,7 +63,23 @@ def models(tmp_path_factory) -> dict[str, Path]:
     torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
     (pickled / "model.safetensors").unlink()
     found["pickled"] = pickled
+
+    lying = _copy(a, root / "lying_dtype")
+    _relabel(lying / "model.safetensors", "model.embed_tokens.weight", "I32")
+    found["lying_dtype"] = lying
     return found
+
+
+def _relabel(path: Path, tensor: str, dtype: str) -> None:
+    """Change one tensor's dtype in a safetensors header, keeping its byte length: a float32
+    tensor labelled I32 has exactly the size the header promises."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header[tensor]["dtype"] = dtype
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= size
+    path.write_bytes(data[:8] + text.ljust(size) + data[8 + size :])
 
 
 @pytest.fixture(scope="session")

@@ -40,10 +40,25 @@ def slow_score(model, tokenizer, *, limit=None):
     import os
     import time
 
-    from tests.search import probe
+    from tests.helpers import probe
 
     calls = Path(os.environ["HARDENING_CALLS"])
     calls.mkdir(exist_ok=True)
     (calls / str(len(list(calls.iterdir())))).touch()
     time.sleep(float(os.environ.get("HARDENING_SLEEP", "1")))
     return probe.score(model, tokenizer, limit=limit)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path -> sha256): a refused command changed no byte.
+    Side files of an open storage are left out, as in ``tree``."""
+    import hashlib
+
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and not name.endswith(SIDE_FILES):
+            found[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.is_dir():
+            found[name] = "folder"
+    return found

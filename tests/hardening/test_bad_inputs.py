@@ -11,6 +11,7 @@ for the exit code and the stderr a shell sees.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,8 +23,9 @@ import pytest
 import yaml
 
 from mergesearch.search.cli import main
-from tests.hardening.helpers import tree
-from tests.search.conftest import make_spec
+from tests.hardening.helpers import digests
+from tests.helpers.hostile_yaml import alias_bomb, deep_nesting
+from tests.helpers.specs import make_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,17 +86,35 @@ class Case:
     code: int
     expected: tuple[str, ...]
     writes: bool = False  # the command may leave a record (a study with the failed trial)
+    absent: tuple[str, ...] = ()  # what must not be in the error line (a password)
 
 
 CASES: dict[str, Case] = {}
+SECRET = "s3cretPASSWORDsentinel"  # a storage password that must never be printed
 
 
-def case(name: str, code: int, *expected: str, writes: bool = False) -> Callable:
+def case(
+    name: str, code: int, *expected: str, writes: bool = False, absent: tuple[str, ...] = ()
+) -> Callable:
     def register(make: Callable[[Ctx], list[str]]) -> Callable[[Ctx], list[str]]:
-        CASES[name] = Case(make, code, expected, writes)
+        CASES[name] = Case(make, code, expected, writes, absent)
         return make
 
     return register
+
+
+def _sources_here(c: Ctx) -> Path:
+    """The issue's layout: models in ``./models/{base,a,b}``, ``cfg.yaml`` in the working
+    directory (the scratch folder); returns the models folder."""
+    models = c.tmp / "models"
+    for name in ("base", "a", "b"):
+        shutil.copytree(c.models[name], models / name)
+    data = {
+        "models": [{"model": f"models/{n}", "parameters": {"weight": 0.5}} for n in ("a", "b")],
+        "merge_method": "linear",
+    }
+    c.file("cfg.yaml", data)
+    return models
 
 
 # ---------------------------------------------------------------------------- merge
@@ -196,10 +216,78 @@ def _(c: Ctx) -> list[str]:
     return ["merge", c.file("merge.yaml", c.ties("a", "b")), str(c.models["b"] / "merged")]
 
 
+@case("merge: --overwrite onto the working directory", 2, "is the working directory", "never")
+def _(c: Ctx) -> list[str]:
+    _sources_here(c)
+    return ["merge", "cfg.yaml", ".", "--overwrite", "--no-progress"]
+
+
+@case("merge: --overwrite onto the folder of the sources", 2, "contains source model", "never")
+def _(c: Ctx) -> list[str]:
+    _sources_here(c)
+    return ["merge", "cfg.yaml", "models", "--overwrite", "--no-progress"]
+
+
+@case("merge: --overwrite onto a source model", 2, "is source model 'models/a'")
+def _(c: Ctx) -> list[str]:
+    _sources_here(c)
+    return ["merge", "cfg.yaml", "models/a", "--overwrite", "--no-progress"]
+
+
+@case("merge: --overwrite onto the config file", 2, "is the config file")
+def _(c: Ctx) -> list[str]:
+    _sources_here(c)
+    return ["merge", "cfg.yaml", "cfg.yaml", "--overwrite", "--no-progress"]
+
+
+@case("merge: --overwrite onto the home folder", 2, "is your home folder")
+def _(c: Ctx) -> list[str]:
+    home = c.tmp / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine\n")
+    c.monkeypatch.setenv("HOME", str(home))
+    return [*c.merge(c.ties("a", "b"))[:2], str(home), "--overwrite", "--no-progress"]
+
+
+@case("merge: checkpoint header names the wrong dtype", 2, "stored as torch.int32", "re-save")
+def _(c: Ctx) -> list[str]:
+    return c.merge(c.ties("a", "lying_dtype"))
+
+
+@case("merge: duplicate key", 2, "merge.yaml", "'merge_method' appears twice", "first at line")
+def _(c: Ctx) -> list[str]:
+    text = yaml.safe_dump(c.ties("a", "b"), sort_keys=False)
+    return c.merge(
+        text.replace("merge_method: ties\n", "merge_method: ties\nmerge_method: dare_ties\n")
+    )
+
+
+@case("merge: YAML alias bomb", 2, "merge.yaml", "alias bomb")
+def _(c: Ctx) -> list[str]:
+    return c.merge(alias_bomb())
+
+
+@case("merge: 100k-deep nesting", 2, "merge.yaml", "nested deeper than")
+def _(c: Ctx) -> list[str]:
+    return c.merge(deep_nesting())
+
+
+@case("merge: binary file as config", 2, "merge.yaml", "not UTF-8")
+def _(c: Ctx) -> list[str]:
+    argv = c.merge("placeholder")
+    (c.tmp / "merge.yaml").write_bytes(bytes(range(256)) * 4)
+    return argv
+
+
+@case("merge: config far larger than any config", 2, "merge.yaml", "at most")
+def _(c: Ctx) -> list[str]:
+    return c.merge("# padding\n" * 200_000)
+
+
 # ---------------------------------------------------------------------------- search
 
 
-@case("search: malformed YAML", 2, "spec.yaml", "line 3", "not valid YAML")
+@case("search: malformed YAML", 2, "spec.yaml", "malformed YAML at line 3")
 def _(c: Ctx) -> list[str]:
     return ["search", c.file("spec.yaml", "name: x\nsources: {models: [a\n")]
 
@@ -289,6 +377,98 @@ def _(c: Ctx) -> list[str]:
     return ["search", str(c.tmp / "missing.yaml")]
 
 
+@case("search: density range outside (0, 1]", 2, "parameters.density.low", "outside (0, 1]")
+def _(c: Ctx) -> list[str]:
+    return c.search(parameters={"weight": 0.5, "density": {"low": 0.0, "high": 1.0}})
+
+
+@case("search: density per model above 1", 2, "parameters.density.a", "outside (0, 1]")
+def _(c: Ctx) -> list[str]:
+    return c.search(parameters={"weight": 0.5, "density": {"a": 1.5, "b": 0.5}})
+
+
+@case("search: objective weight .nan", 2, "objectives.0.weight", "finite")
+def _(c: Ctx) -> list[str]:
+    argv = c.search()
+    text = Path(argv[1]).read_text()
+    Path(argv[1]).write_text(text.replace("name: probe", "name: probe\n  weight: .nan", 1))
+    return argv
+
+
+@case("search: lambda high 1e308", 2, "parameters.lambda.high", "overflows float32")
+def _(c: Ctx) -> list[str]:
+    return c.search(
+        parameters={"weight": 0.5, "density": 0.5, "lambda": {"low": 1.0, "high": 1e308}}
+    )
+
+
+@case("search: layer_groups beyond the layers", 2, "granularity.layer_groups", "at most")
+def _(c: Ctx) -> list[str]:
+    return c.search(granularity={"layer_groups": 1000})
+
+
+@case("search: filter matching no tensor", 2, "filters[0]", "'no_such_module'", "matches no")
+def _(c: Ctx) -> list[str]:
+    return c.search(granularity={"filters": ["no_such_module"]})
+
+
+@case("search: duplicate key", 2, "spec.yaml", "'budget' appears twice")
+def _(c: Ctx) -> list[str]:
+    argv = c.search()
+    Path(argv[1]).write_text(Path(argv[1]).read_text() + "budget: {trials: 3}\n")
+    return argv
+
+
+@case("search: YAML alias bomb", 2, "spec.yaml", "alias bomb")
+def _(c: Ctx) -> list[str]:
+    return ["search", c.file("spec.yaml", alias_bomb())]
+
+
+@case("search: 100k-deep nesting", 2, "spec.yaml", "nested deeper than")
+def _(c: Ctx) -> list[str]:
+    return ["search", c.file("spec.yaml", deep_nesting())]
+
+
+@case("search: non-UTF-8 spec", 2, "spec.yaml", "not UTF-8", "line 2")
+def _(c: Ctx) -> list[str]:
+    (c.tmp / "spec.yaml").write_bytes("name: t\nsources: caf\xe9\n".encode("latin-1"))
+    return ["search", str(c.tmp / "spec.yaml")]
+
+
+@case("search: working directory where results cannot be made", 2, "cannot create", "--storage")
+def _(c: Ctx) -> list[str]:
+    (c.tmp / "results").write_text("a file where the results folder would go\n")
+    argv = c.search()
+    spec = yaml.safe_load(Path(argv[1]).read_text())
+    del spec["storage"]  # the default: results/<study>/study.db under the working directory
+    c.file("spec.yaml", spec)
+    return argv
+
+
+@case(
+    "search: storage password is never printed",
+    2,
+    "u:***@127.0.0.1:9",
+    "cannot open",
+    absent=(SECRET,),
+)
+def _(c: Ctx) -> list[str]:
+    return c.search("--storage", f"postgresql+psycopg2://u:{SECRET}@127.0.0.1:9/db")
+
+
+class _Always:
+    def __contains__(self, _call: object) -> bool:
+        return True
+
+
+@case("search: every trial fails", 1, "all 8 trial(s) failed", "probe exploded", writes=True)
+def _(c: Ctx) -> list[str]:
+    from tests.helpers import probe
+
+    c.monkeypatch.setattr(probe, "FAIL_ON_CALLS", _Always())
+    return c.search()
+
+
 # ---------------------------------------------------------------------------- status, report
 
 
@@ -305,6 +485,34 @@ def _(c: Ctx) -> list[str]:
 @case("status: a file that is not a study", 2, "notes.db", "not a database")
 def _(c: Ctx) -> list[str]:
     return ["status", c.file("notes.db", "just text, not SQLite\n")]
+
+
+@case("status: a database file that does not exist", 2, "new.db", "no such study file")
+def _(c: Ctx) -> list[str]:
+    return ["status", f"sqlite:///{c.tmp / 'new.db'}"]
+
+
+@case("status: an empty study.db", 2, "study.db", "empty file")
+def _(c: Ctx) -> list[str]:
+    (c.tmp / "results").mkdir()
+    (c.tmp / "results" / "study.db").write_bytes(b"")
+    return ["status", str(c.tmp / "results")]
+
+
+@case("status: storage password is never printed", 2, "u:***@127.0.0.1:9", absent=(SECRET,))
+def _(c: Ctx) -> list[str]:
+    return ["status", f"postgresql+psycopg2://u:{SECRET}@127.0.0.1:9/db"]
+
+
+@case("report: a database file that does not exist", 2, "new.db", "no such study file")
+def _(c: Ctx) -> list[str]:
+    return ["report", f"sqlite:///{c.tmp / 'new.db'}"]
+
+
+@case("dashboard: an empty study.db", 2, "study.db", "empty file")
+def _(c: Ctx) -> list[str]:
+    (c.tmp / "study.db").write_bytes(b"")
+    return ["dashboard", str(c.tmp / "study.db")]
 
 
 @case("report: study name that does not exist", 2, "no study named 'fak'", "fake")
@@ -343,6 +551,33 @@ def _(c: Ctx) -> list[str]:
 @case("export: output inside a source model", 2, "inside source model")
 def _(c: Ctx) -> list[str]:
     return ["export", str(c.study), "--out", str(c.models["base"] / "best"), "--no-progress"]
+
+
+@case("export: --out a source model, --overwrite", 2, "is source model")
+def _(c: Ctx) -> list[str]:
+    return ["export", str(c.study), "--out", str(c.models["a"]), "--overwrite", "--no-progress"]
+
+
+@case("export: --out the folder of the sources, --overwrite", 2, "contains source model")
+def _(c: Ctx) -> list[str]:
+    out = c.models["a"].parent
+    return ["export", str(c.study), "--out", str(out), "--overwrite", "--no-progress"]
+
+
+@case("export: --out the results folder, --overwrite", 2, "is the study's results folder")
+def _(c: Ctx) -> list[str]:
+    return ["export", str(c.study), "--out", str(c.study), "--overwrite", "--no-progress"]
+
+
+@case("export: --out the working directory, --overwrite", 2, "is the working directory")
+def _(c: Ctx) -> list[str]:
+    return ["export", str(c.study), "--out", ".", "--overwrite", "--no-progress"]
+
+
+@case("export: an empty study.db", 2, "study.db", "empty file")
+def _(c: Ctx) -> list[str]:
+    (c.tmp / "study.db").write_bytes(b"")
+    return ["export", str(c.tmp / "study.db"), "--out", str(c.tmp / "best")]
 
 
 @case("export: bad --out-shard-size", 2, "--out-shard-size", "must be positive")
@@ -390,6 +625,16 @@ def _(c: Ctx) -> list[str]:
     return ["upload", _model_dir(c), "me/merged"]
 
 
+@case("upload: Hub unreachable", 1, "cannot reach the Hub", "127.0.0.1:9")
+def _(c: Ctx) -> list[str]:
+    from huggingface_hub import constants
+
+    c.monkeypatch.setenv("HF_TOKEN", "hf_x")
+    c.monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    c.monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    return ["upload", _model_dir(c), "me/merged"]
+
+
 # ---------------------------------------------------------------------------- demo
 
 
@@ -408,6 +653,22 @@ def _(c: Ctx) -> list[str]:
     return ["demo", "--storage", "nope://x", "--fresh"]
 
 
+@case("demo: rebuild onto the working directory", 2, "is the working directory", "never")
+def _(c: Ctx) -> list[str]:
+    here = c.tmp / "seed0"  # the family of seed 0 would be built in <out>/seed0
+    here.mkdir()
+    (here / "notes.txt").write_text("mine\n")
+    c.monkeypatch.chdir(here)
+    return ["demo", "build", "--out", str(c.tmp), "--force"]
+
+
+@case("demo: rebuild onto a folder that holds no family", 2, "no demo family", "--out")
+def _(c: Ctx) -> list[str]:
+    (c.tmp / "mine" / "seed0").mkdir(parents=True)
+    (c.tmp / "mine" / "seed0" / "thesis.tex").write_text("mine\n")
+    return ["demo", "build", "--out", str(c.tmp / "mine")]
+
+
 # ---------------------------------------------------------------------------- the runner
 
 
@@ -415,8 +676,9 @@ def _watched(c: Ctx) -> list[Path]:
     return [c.tmp, c.study, c.models["base"].parent.parent]
 
 
-def _snapshot(folders: list[Path]) -> dict[Path, set[str]]:
-    return {f: tree(f) for f in folders}
+def _snapshot(folders: list[Path]) -> dict[Path, dict[str, str]]:
+    """Every file's checksum: a refused command changed no byte of a source, config or study."""
+    return {f: digests(f) for f in folders}
 
 
 @pytest.fixture
@@ -437,14 +699,25 @@ def test_bad_input(name, ctx, capsys):
     assert "\n" not in err and "Traceback" not in err, err
     for text in spec.expected:
         assert text in err, f"{text!r} not in {err!r}"
+    for text in spec.absent:
+        assert text not in err, f"{text!r} in {err!r}"
     if not spec.writes:
         assert _snapshot(_watched(ctx)) == before, "the refused command wrote files"
 
 
 def test_there_are_enough_cases():
     commands = {name.split(":")[0] for name in CASES}
-    assert commands == {"merge", "search", "status", "report", "export", "upload", "demo"}
-    assert len(CASES) >= 30
+    assert commands == {
+        "merge",
+        "search",
+        "status",
+        "report",
+        "export",
+        "upload",
+        "demo",
+        "dashboard",
+    }
+    assert len(CASES) >= 87
 
 
 # one light and one heavy command each way: a process costs seconds of imports

@@ -10,7 +10,7 @@ import torch
 from mergesearch import merging
 from mergesearch.merging.engine import NonFiniteError
 from mergesearch.search.spec.load import load_spec
-from tests.search.conftest import make_spec
+from tests.helpers.specs import make_spec
 
 
 def _config(models, weight: float, sources: tuple[str, str] = ("a", "b")) -> dict:

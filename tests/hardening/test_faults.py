@@ -1,7 +1,7 @@
 """Faults while running: Ctrl+C in a search, SIGKILL in a merge, a full disk, a read-only folder.
 
 Each leaves either a complete result or nothing that looks like one, and says so in one line.
-(SIGKILL during ``export`` is ``tests/search/test_export.py::test_killed_export_leaves_nothing_
+(SIGKILL during ``export`` is ``tests/search/export/test_export.py::test_killed_export_leaves_nothing_
 complete``.)
 """
 
@@ -20,11 +20,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mergesearch.merging.sinks import TEMP_MARK
+from mergesearch.merging.atomic import TEMP_MARK
 from mergesearch.search.cli import main
 from tests.hardening.helpers import tree
+from tests.helpers.specs import make_spec
 from tests.helpers.tiny_models import make_llama_family
-from tests.search.conftest import make_spec
 
 REPO = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).resolve().parent / "faults"
@@ -142,6 +142,79 @@ def test_no_space_left_is_one_line_and_leaves_nothing(command, models, study, tm
     assert tree(study) == before
 
 
+def test_disk_full_mid_search_stops_in_one_line_and_the_study_resumes(
+    models, tmp_path, monkeypatch
+):
+    """The disk fills up while trial 3 is evaluated: every write to the study fails from then
+    on. The search stops with one line (exit 1), no finished trial is touched, and the same
+    command, once there is room again, retries the stopped trial at once (its process is gone
+    on this machine: no heartbeat grace period) and completes the budget."""
+    paths = {"base": str(models["base"]), "a": str(models["a"]), "b": str(models["b"])}
+    spec = make_spec(paths, tmp_path, budget={"trials": 7})  # default heartbeat: 30 s, 120 s
+    spec["objectives"][0]["options"]["callable"] = "tests.hardening.helpers:slow_score"
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    calls, full = tmp_path / "calls", tmp_path / "disk-is-full"
+    env = {
+        "PYTHONPATH": f"{FAULTS}{os.pathsep}{REPO}",
+        "MERGESEARCH_TEST_DB_FULL": str(full),
+        "HARDENING_CALLS": str(calls),
+    }
+    proc = _cli("search", str(spec_path), "--no-progress", env=env)
+    _wait_for(lambda: calls.is_dir() and len(list(calls.iterdir())) >= 3, proc, "scored 3")
+    full.touch()
+    _, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 1, err
+    *progress, last = err.strip().splitlines()  # the trial log lines, then the one error line
+    assert "Traceback" not in err and "Error" not in err, err
+    assert last.startswith("mergesearch search: error: storage sqlite:///"), err
+    assert "no space left on device during trial 2" in last and "run the same command" in last
+    assert not [line for line in progress if "error" in line], err
+    study = optuna.load_study(study_name="t", storage=spec["storage"])
+    before = {t.number: (t.state, t.values, t.datetime_complete) for t in study.trials}
+    states = [state for state, _, _ in before.values()]
+    done = [n for n, state in enumerate(states) if state == TrialState.COMPLETE]
+    # the trial the disk stopped could not be marked either (every write fails): it stays
+    # running until the next run; the rest are finished or queued (baselines), nothing between
+    stopped = [n for n, state in enumerate(states) if state == TrialState.RUNNING]
+    assert len(done) == 2 and stopped == [2]
+    assert set(states) == {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING}
+
+    full.unlink()  # room again
+    monkeypatch.setenv("HARDENING_CALLS", str(calls))
+    monkeypatch.setenv("HARDENING_SLEEP", "0")
+    started = time.monotonic()
+    assert main(["search", str(spec_path), "--no-progress"]) == 0
+    assert time.monotonic() - started < 60  # far below the 120 s grace period
+    study = optuna.load_study(study_name="t", storage=spec["storage"])
+    trials = study.trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 7
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number in done:  # finished trials are kept as they were
+        assert (trials[number].state, trials[number].values) == before[number][:2]
+        assert trials[number].datetime_complete == before[number][2]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == stopped[0]]
+    assert trials[stopped[0]].state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.params == trials[stopped[0]].params
+
+
+def test_status_into_a_closed_pipe_ends_quietly(study, tmp_path):
+    """``mergesearch status ... | head``: the reader leaves early; no traceback, exit 141 as
+    for any command killed by SIGPIPE, nothing on stderr."""
+    python = f"{sys.executable} -m mergesearch"
+    script = f"{python} status {study} | true; echo $" + "{PIPESTATUS[0]} >&2"
+    run = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.stderr.strip() == "141", run.stderr
+
+
 # ---------------------------------------------------------------------------- read-only
 
 
@@ -182,3 +255,22 @@ def test_read_only_results_folder(read_only, models, study, tmp_path, capsys):
         assert err.startswith(f"mergesearch {command}: error: ") and str(read_only) in err, err
         assert "\n" not in err and ("not permitted" in err or "denied" in err), err
         assert list(read_only.iterdir()) == []
+
+
+def test_search_from_a_read_only_working_directory(read_only, models, tmp_path, capsys):
+    """The default storage (``results/<study>/study.db``) cannot be created there: one line,
+    exit 2, nothing written."""
+    paths = {"base": str(models["base"]), "a": str(models["a"]), "b": str(models["b"])}
+    spec = make_spec(paths, tmp_path, budget={"trials": 5})
+    del spec["storage"]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    cwd = Path.cwd()
+    os.chdir(read_only)
+    try:
+        assert main(["search", str(tmp_path / "spec.yaml"), "--no-progress"]) == 2
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mergesearch search: error: {read_only}/results/t: cannot create"), err
+    assert "\n" not in err and "--storage" in err
+    assert list(read_only.iterdir()) == []

@@ -27,8 +27,8 @@ import torch
 import yaml
 
 from mergesearch.search.cli import main
-from tests.search.conftest import make_spec
-from tests.search.hub_stub import HubStub
+from tests.helpers.hub_stub import HubStub
+from tests.helpers.specs import make_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SENTINEL = "hf_HARDENINGsentinelTOKEN0123456789abcdef"
@@ -163,3 +163,43 @@ def test_dashboard_listens_on_localhost_by_default(study, tmp_path, monkeypatch)
     monkeypatch.setattr(optuna_dashboard, "run_server", fake_run_server)
     assert main(["dashboard", str(study), "--host", "0.0.0.0", "--port", "0"]) == 0
     assert seen["host"] == "0.0.0.0"
+
+
+BOMB_PROBE = """
+import resource, sys, time
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.yaml_io import read_yaml
+
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, after the imports
+started = time.perf_counter()
+try:
+    read_yaml(sys.argv[1])
+    message = "accepted"
+except ConfigError as err:
+    message = str(err)
+seconds = time.perf_counter() - started
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+print(f"{seconds:.4f} {grown:.1f} {message}")
+"""
+
+
+@pytest.mark.parametrize("levels", [9, 10, 12])
+def test_an_alias_bomb_is_refused_in_under_a_second_and_100_mb(levels, tmp_path):
+    """The issue's bomb (9 levels of 9 aliases: 82 s and 8.5 GB before the bounded reader),
+    one level more (which exhausted the machine) and a bigger one, each read by a fresh
+    process: refused, in under a second, with the peak memory grown by under 100 MB."""
+    from tests.helpers.hostile_yaml import alias_bomb
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb(levels=levels, width=9))
+    assert bomb.stat().st_size < 1200
+    probe = subprocess.run(
+        [sys.executable, "-c", BOMB_PROBE, str(bomb)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    seconds, grown_mb, message = probe.stdout.strip().split(" ", 2)
+    assert "alias bomb" in message, probe.stdout + probe.stderr
+    assert float(seconds) < 1.0 and float(grown_mb) < 100, probe.stdout

@@ -1,23 +1,14 @@
-"""Run one merge YAML through mergekit and through mergesearch; compare outputs tensor by tensor.
+"""The parity cases: merge YAMLs that both mergekit and ``mergesearch merge`` run on tiny models.
 
-Shared by ``tests/merging/test_mergekit_parity.py`` (asserts) and ``bench/parity.py`` (prints a
-table). mergekit is only ever *run*, as a program from its own virtual environment, found with
-``find_mergekit``; nothing here imports it.
-
-Top-k ties. TIES keeps the ``k`` largest ``|d|`` of each task vector and breadcrumbs keeps a rank
-window of the sorted ``|d|``. When equal magnitudes straddle a cut-off, which of them survives is
-arbitrary (mergekit: whatever torch's non-stable sort returns). Every later step of these
-methods is elementwise (weighting, sign vote, disjoint mean), so such a choice only changes the
-output at the tied positions themselves. ``tie_mask`` recomputes ``d = x - base`` from the
-inputs, finds each cut-off value whose equal magnitudes straddle the cut (more candidates than
-places), and marks every position where any model's ``|d|`` equals such a value. Those positions
-are left out of the comparison and counted; everything else must match within tolerance.
+Each ``Case`` builds its inputs with ``tests.helpers.tiny_models``, writes one YAML, runs it
+through both tools (``bench/_mergekit.py`` runs mergekit and compares the outputs) and says what
+the comparison may leave out: positions tied at a top-k cut-off (``cut``), or elements of
+arcee_fusion's sampled tensors that took the other input (``max_flipped``).
+``tests/merging/test_mergekit_parity.py`` asserts every case; ``bench/parity.py`` prints them.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,43 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
+from bench._mergekit import Comparison, TopKCut, compare_outputs, run_mergekit
 from tests.helpers.tiny_models import make_family
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MERGEKIT_ENV = "MERGEKIT_VENV"
-DEFAULT_MERGEKIT_VENVS = (Path("/work/mk-venv"), REPO_ROOT / ".venv-mergekit")
-TOLERANCE = 1e-5
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def find_mergekit() -> Path | None:
-    """The ``mergekit-yaml`` executable: ``$MERGEKIT_VENV``, else the default venvs."""
-    candidates = [Path(os.environ[MERGEKIT_ENV])] if os.environ.get(MERGEKIT_ENV) else []
-    candidates += [] if candidates else list(DEFAULT_MERGEKIT_VENVS)
-    for venv in candidates:
-        exe = venv / "bin" / "mergekit-yaml"
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return exe
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
 # Cases
-
-
-@dataclass(frozen=True)
-class TopKCut:
-    """How a case sparsifies each non-base task vector, to find ties at the cut-offs."""
-
-    kind: str  # "magnitude" (ties) or "outliers" (breadcrumbs)
-    densities: tuple[float, ...]  # one per non-base model, in config order
-    gamma: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -74,6 +38,9 @@ class Case:
     family: dict[str, Any] = field(default_factory=dict)  # tiny_models config overrides
     layers_out: int = 4
     cut: TopKCut | None = None
+    # arcee_fusion: fraction of the elements of tensors over _mergekit.SAMPLED_NUMEL allowed to
+    # take the other input than mergekit's (its threshold comes from a random sample there)
+    max_flipped: float | None = None
 
     @property
     def method(self) -> str:
@@ -218,6 +185,130 @@ def _ties_qwen2(p: list[str]) -> dict[str, Any]:
     return {**doc, "parameters": {"normalize": False, "lambda": 1.5}}
 
 
+# --- the seven newer methods (mergekit 0.1.5) ---------------------------------------------------
+
+
+def _multislerp(p: list[str]) -> dict[str, Any]:
+    weights = [{"weight": 0.5}, {"weight": [0.2, 0.6]}, {"weight": 0.3}]
+    return {
+        "merge_method": "multislerp",
+        "models": _models(p, weights),
+        "parameters": {"eps": 1e-6},
+        "dtype": "float32",
+    }
+
+
+def _multislerp_base(p: list[str]) -> dict[str, Any]:
+    return {
+        "merge_method": "multislerp",
+        "base_model": p[0],
+        "models": _models(p[1:], [{"weight": 0.7}, {"weight": 0.4}]),
+        "parameters": {"normalize_weights": False},
+        "dtype": "float32",
+    }
+
+
+def _karcher(p: list[str]) -> dict[str, Any]:
+    return {
+        "merge_method": "karcher",
+        "models": _models(p, [None, None, None]),
+        "parameters": {"max_iter": 3, "tol": 1e-7},
+        "dtype": "float32",
+    }
+
+
+def _karcher_base(p: list[str]) -> dict[str, Any]:
+    # the base is not listed: both tools add it as a third, equally weighted input
+    return {
+        "merge_method": "karcher",
+        "base_model": p[0],
+        "models": _models(p[1:], [None, None]),
+        "parameters": {"max_iter": 0},
+        "dtype": "float32",
+    }
+
+
+def _karcher_one_step(p: list[str]) -> dict[str, Any]:
+    return {**_karcher(p), "parameters": {"max_iter": 1, "tol": 1e-4}}
+
+
+def _sce(p: list[str]) -> dict[str, Any]:
+    return {
+        "merge_method": "sce",
+        "base_model": p[0],
+        "models": _models(p[1:], [None, None]),
+        "parameters": {"select_topk": 0.5},
+        "dtype": "float32",
+    }
+
+
+def _sce_gradient(p: list[str]) -> dict[str, Any]:
+    topk = [{"filter": "mlp", "value": [0.1, 0.9]}, {"value": 0.3}]
+    return {**_sce(p), "parameters": {"select_topk": topk, "int8_mask": True}}
+
+
+def _nearswap(p: list[str]) -> dict[str, Any]:
+    return {
+        "merge_method": "nearswap",
+        "base_model": p[0],
+        "models": _models(p[:2], [None, None]),
+        "parameters": {"t": 0.001},
+        "dtype": "float32",
+    }
+
+
+def _nearswap_gradient(p: list[str]) -> dict[str, Any]:
+    t = [{"filter": "self_attn", "value": [0.0005, 0.003]}, {"value": 0.02}]
+    return {**_nearswap(p), "parameters": {"t": t}}
+
+
+def _arcee_fusion(p: list[str]) -> dict[str, Any]:
+    return {
+        "merge_method": "arcee_fusion",
+        "base_model": p[0],
+        "models": _models(p[:2], [None, None]),
+        "dtype": "float32",
+    }
+
+
+def _arcee_fusion_swapped(p: list[str]) -> dict[str, Any]:
+    # the fine-tune as base: importance is not symmetric in the two models
+    return {**_arcee_fusion(p), "base_model": p[1]}
+
+
+def _ram(p: list[str]) -> dict[str, Any]:
+    return {
+        "merge_method": "ram",
+        "base_model": p[0],
+        "models": _models(p[1:], [None, None]),
+        "parameters": {"epsilon": 1e-3},
+        "dtype": "float32",
+    }
+
+
+def _ram_gradient(p: list[str]) -> dict[str, Any]:
+    return {**_ram(p), "parameters": {"epsilon": [0.0, 2e-3, 5e-4]}}
+
+
+def _ramplus_tl(p: list[str]) -> dict[str, Any]:
+    doc = _ram(p)
+    return {
+        **doc,
+        "merge_method": "ramplus_tl",
+        "parameters": {"r": 0.5, "alpha": 0.4, "epsilon": 1e-3},
+    }
+
+
+def _ramplus_tl_clamped(p: list[str]) -> dict[str, Any]:
+    # a larger alpha: lambda follows the overlap ratio rho on more tensors instead of the clamp
+    doc = _ram(p)
+    return {
+        **doc,
+        "merge_method": "ramplus_tl",
+        "parameters": {"r": 1.0, "alpha": 5.0, "epsilon": 2e-3},
+    }
+
+
 CASES: list[Case] = [
     Case("linear", _linear),
     Case("linear_gradient", _linear_gradient),
@@ -240,181 +331,41 @@ CASES: list[Case] = [
     ),
     # Qwen2 has q/k/v biases: 1-D tensors through the top-k path.
     Case("ties_qwen2", _ties_qwen2, arch="qwen2", cut=TopKCut("magnitude", TIES_DENSITIES)),
+    Case("multislerp", _multislerp),
+    Case("multislerp_base", _multislerp_base),
+    # Fine-tunes 5% away from the base are ~0.05 rad apart: the Karcher mean is then within
+    # 1e-5 of the normalised average, and the iteration only shows on models farther apart.
+    Case("karcher_far", _karcher, family={"noise": 0.5}),
+    Case("karcher_base_far", _karcher_base, family={"noise": 0.5}),
+    Case("karcher_one_step_far", _karcher_one_step, family={"noise": 0.5}),
+    Case("multislerp_far", _multislerp, family={"noise": 0.5}),
+    Case("sce", _sce),
+    Case("sce_gradient", _sce_gradient),
+    Case("sce_qwen2", _sce, arch="qwen2"),
+    # on a 2**-18 grid task vectors often share a variance: ties at the top-k cut-off (which of
+    # them is kept also moves the energy weights, by ~1e-6 here)
+    Case("sce_grid", _sce, family={"grid": 18}, cut=TopKCut("variance", (0.5,))),
+    Case("nearswap", _nearswap, n_models=2),
+    Case("nearswap_gradient", _nearswap_gradient, n_models=2),
+    Case("arcee_fusion", _arcee_fusion, n_models=2),
+    Case("arcee_fusion_swapped", _arcee_fusion_swapped, n_models=2),
+    Case("arcee_fusion_qwen2", _arcee_fusion, arch="qwen2", n_models=2),
+    # 16400 x 64 embeddings: over 1e6 elements, where mergekit samples the threshold
+    Case(
+        "arcee_fusion_sampled",
+        _arcee_fusion,
+        n_models=2,
+        family={"vocab_size": 16400},
+        max_flipped=1e-3,
+    ),
+    Case("ram", _ram),
+    Case("ram_gradient", _ram_gradient),
+    Case("ramplus_tl", _ramplus_tl),
+    Case("ramplus_tl_clamped", _ramplus_tl_clamped),
     # mergekit 0.1.5 cannot merge GPT-NeoX checkpoints saved by transformers 5: its architecture
     # file requires the attention.bias/masked_bias buffers, which are no longer saved.
 ]
 CASES_BY_NAME = {case.name: case for case in CASES}
-
-
-# ---------------------------------------------------------------------------------------------
-# Ties at top-k cut-offs
-
-
-def _straddling_values(magnitude: torch.Tensor, cut: TopKCut, density: float) -> list[float]:
-    """Magnitudes at a cut-off whose equal copies lie on both sides of it."""
-    flat = magnitude.reshape(-1)
-    n = flat.numel()
-    if density >= 1 or n == 0:
-        return []
-    keep = max(1, int(density * n))
-    if cut.kind == "magnitude":
-        boundaries = [n - keep]  # kept ascending ranks [n - keep, n)
-    elif cut.kind == "outliers":
-        top = int(cut.gamma * n)
-        bottom = max(0, n - keep - top)
-        boundaries = [bottom, bottom + keep]  # kept ascending ranks [bottom, bottom + keep)
-    else:
-        raise ValueError(f"unknown cut kind {cut.kind!r}")
-    values = []
-    for b in boundaries:
-        if 0 < b < n:
-            value = torch.kthvalue(flat, b + 1).values  # the magnitude at ascending rank b
-            if int((flat < value).sum()) < b:  # rank b - 1 holds the same magnitude
-                values.append(value.item())
-    return values
-
-
-def tie_mask(inputs: list[torch.Tensor], cut: TopKCut) -> torch.Tensor:
-    """Positions whose merged value depends on how ties at a top-k cut-off were broken.
-
-    ``inputs[0]`` is the base, ``inputs[1:]`` the other models in config order.
-    """
-    base = inputs[0].float()
-    mask = torch.zeros(base.shape, dtype=torch.bool)
-    for x, density in zip(inputs[1:], cut.densities, strict=True):
-        magnitude = (x.float() - base).abs()
-        for value in _straddling_values(magnitude, cut, density):
-            mask |= magnitude == value
-    return mask
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparing two output directories
-
-
-@dataclass
-class Comparison:
-    case: str
-    method: str
-    tensors: int = 0
-    elements: int = 0
-    excluded: int = 0
-    tensors_with_ties: int = 0
-    max_abs_diff: float = 0.0
-    worst_tensor: str = ""
-    missing: list[str] = field(default_factory=list)  # in mergekit's output, not ours
-    extra: list[str] = field(default_factory=list)  # in ours, not mergekit's
-    mismatched: list[str] = field(default_factory=list)  # shape or dtype differs
-    layers_ours: int | None = None
-    layers_ref: int | None = None
-    layers_expected: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems()
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.missing:
-            out.append(f"missing from ours: {self.missing[:5]}")
-        if self.extra:
-            out.append(f"not in mergekit's output: {self.extra[:5]}")
-        if self.mismatched:
-            out.append(f"shape/dtype differ: {self.mismatched[:5]}")
-        if self.layers_ours != self.layers_ref or self.layers_ref != self.layers_expected:
-            out.append(
-                f"num_hidden_layers ours={self.layers_ours} mergekit={self.layers_ref} "
-                f"expected={self.layers_expected}"
-            )
-        if not self.max_abs_diff <= TOLERANCE:  # also catches NaN
-            out.append(f"max abs diff {self.max_abs_diff:.3g} at {self.worst_tensor}")
-        return out
-
-
-def num_layers(model_dir: Path) -> int | None:
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if key in config:
-            return int(config[key])
-    return None
-
-
-class LazyCheckpoint:
-    """Tensors of a safetensors checkpoint (sharded or not), read one at a time."""
-
-    def __init__(self, model_dir: Path) -> None:
-        from safetensors import safe_open
-
-        self._handles = [
-            safe_open(f, framework="pt") for f in sorted(Path(model_dir).glob("*.safetensors"))
-        ]
-        self._where = {name: h for h in self._handles for name in h.keys()}  # noqa: SIM118
-
-    def names(self) -> set[str]:
-        return set(self._where)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._where[name].get_tensor(name)
-
-
-def compare_outputs(
-    ours_dir: Path,
-    ref_dir: Path,
-    case: str = "",
-    method: str = "",
-    inputs: list[Path] | None = None,
-    cut: TopKCut | None = None,
-) -> Comparison:
-    """Compare every tensor of ``ours_dir`` with ``ref_dir`` (mergekit's output), one at a time.
-
-    With ``cut`` (and ``inputs``, base first) positions tied at a top-k cut-off are skipped.
-    """
-    ours, ref = LazyCheckpoint(ours_dir), LazyCheckpoint(ref_dir)
-    result = Comparison(case=case, method=method)
-    result.missing = sorted(ref.names() - ours.names())
-    result.extra = sorted(ours.names() - ref.names())
-    result.layers_ours, result.layers_ref = num_layers(ours_dir), num_layers(ref_dir)
-    input_states = [LazyCheckpoint(p) for p in inputs] if cut and inputs else []
-    for name in sorted(ref.names() & ours.names()):
-        a, b = ours[name], ref[name]
-        if a.shape != b.shape or a.dtype != b.dtype:
-            result.mismatched.append(
-                f"{name}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}"
-            )
-            continue
-        diff = (a.double() - b.double()).abs()
-        if input_states:
-            mask = tie_mask([s[name] for s in input_states], cut)
-            if mask.any():
-                result.tensors_with_ties += 1
-                result.excluded += int(mask.sum())
-                diff = diff.masked_fill(mask, 0.0)
-        result.tensors += 1
-        result.elements += a.numel()
-        worst = diff.max().item() if diff.numel() else 0.0
-        if not worst <= result.max_abs_diff:  # NaN propagates as the worst
-            result.max_abs_diff, result.worst_tensor = worst, name
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the two tools
-
-
-def _offline_env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.pop("PYTHONPATH", None)  # mergekit's venv must not see the project's packages
-    return env
-
-
-def run_mergekit(exe: Path, config: Path, out_dir: Path, extra: list[str] | None = None) -> None:
-    cmd = [str(exe), str(config), str(out_dir), "--copy-tokenizer", "--quiet"]
-    cmd += ["--no-write-model-card", "--random-seed", "0", *(extra or [])]
-    proc = subprocess.run(cmd, env=_offline_env(), capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"mergekit failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}"
-        )
 
 
 def run_mergesearch(config: Path, out_dir: Path, in_process: bool = True) -> None:
@@ -467,8 +418,20 @@ def run_case(
     run_mergekit(mergekit, config, case_dir / "mergekit")
     run_mergesearch(config, case_dir / "ours", in_process=in_process)
     inputs = paths if case.cut else None  # base first, then config order
+    switched = None
+    if case.max_flipped is not None:
+        doc = yaml.safe_load(config.read_text())
+        others = [m["model"] for m in doc["models"] if m["model"] != doc["base_model"]]
+        switched = (Path(doc["base_model"]), Path(others[0]))
     result = compare_outputs(
-        case_dir / "ours", case_dir / "mergekit", case.name, case.method, inputs, case.cut
+        case_dir / "ours",
+        case_dir / "mergekit",
+        case.name,
+        case.method,
+        inputs,
+        case.cut,
+        switched,
+        case.max_flipped,
     )
     result.layers_expected = case.layers_out
     return result

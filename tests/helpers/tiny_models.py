@@ -77,7 +77,9 @@ def make_config(arch: str = "llama", **overrides: Any) -> Any:
     dims = {**TINY_DIMS, **overrides}
     tie = dims.pop("tie_word_embeddings", arch == "gpt2")
     # The tokenizer's specials are its first three ids; configs must not point past the vocab.
-    special_ids = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
+    # Another tokenizer (the demo's) passes its own ids.
+    defaults = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
+    special_ids = {key: dims.pop(key, value) for key, value in defaults.items()}
     if arch == "gpt2":
         return transformers.GPT2Config(
             n_embd=dims["hidden_size"],
@@ -209,6 +211,43 @@ def make_gpt_neox_family(
     root: Path | str, n_models: int = 3, seed: int = 0, **config: Any
 ) -> list[Path]:
     return make_family(root, "gpt_neox", n_models=n_models, seed=seed, **config)
+
+
+# The search tests' sources: smaller still, since a search merges them dozens of times per test.
+SEARCH_DIMS: dict[str, int] = {
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 259,
+    "max_position_embeddings": 64,
+}
+
+
+def make_named_family(root: Path | str, names: tuple[str, ...] = ("a", "b")) -> dict[str, str]:
+    """A search's sources: ``base`` plus one "fine-tune" per name (each tensor of the base plus
+    ``0.1 * std * N(0, 1)``), as path strings by name, ready for a spec's ``sources``."""
+    from transformers import LlamaForCausalLM
+
+    root = Path(root)
+    config = make_config("llama", **SEARCH_DIMS, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    paths = {"base": str(root / "base")}
+    base.save_pretrained(paths["base"])
+    save_tokenizer(Path(paths["base"]), vocab_size=config.vocab_size)
+    for i, name in enumerate(names, start=1):
+        model = LlamaForCausalLM(config)
+        gen = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for (_, p), (_, b) in zip(
+                model.named_parameters(), base.named_parameters(), strict=True
+            ):
+                p.copy_(b + 0.1 * b.std() * torch.randn(b.shape, generator=gen))
+        paths[name] = str(root / name)
+        model.save_pretrained(paths[name])
+        save_tokenizer(Path(paths[name]), vocab_size=config.vocab_size)
+    return paths
 
 
 def load_state(model_dir: Path | str) -> dict[str, torch.Tensor]:

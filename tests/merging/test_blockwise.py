@@ -15,6 +15,7 @@ from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import get_method
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import selection as S
+from tests.helpers import reference as R
 
 
 def gen(seed: int) -> torch.Generator:
@@ -34,7 +35,7 @@ def test_top_k_rule_per_block_equals_the_whole_mask(k):
     values = torch.randint(0, 50, (3 * S.BLOCK + 5,), generator=gen(2)).float()  # many ties
     rule = S.select_top_k(values.__getitem__, values.numel(), k)
     blockwise = torch.cat([rule.mask(values[sl], sl.start) for sl in S.blocks(values.numel())])
-    assert torch.equal(blockwise, P.topk_mask(values, k))
+    assert torch.equal(blockwise, R.topk_mask(values, k))
     assert int(blockwise.sum()) == k
     for sl in S.blocks(values.numel()):
         cut = rule.cut(sl.start, sl.stop - sl.start)
@@ -71,15 +72,15 @@ def test_large_tensor_methods_match_whole_tensor_masks(name):
     for x, p in zip(xs, per_model, strict=True):
         d = x - base
         if name == "ties":
-            mask = P.magnitude_mask(d, p["density"])
+            mask = R.magnitude_mask(d, p["density"])
         elif name == "breadcrumbs_ties":
-            mask = P.breadcrumbs_mask(d, p["density"], p["gamma"])
+            mask = R.breadcrumbs_mask(d, p["density"], p["gamma"])
         elif name == "dare_ties":
-            mask = P.random_mask(d, p["density"], g)
+            mask = R.random_mask(d, p["density"], g)
         else:
-            mask = P.della_mask(d, p["density"], p["epsilon"], g)
-        weighted.append(P.apply_mask(d, mask, params["rescale"]) * p["weight"])
-    agree = P.sign_consensus(weighted)
+            mask = R.della_mask(d, p["density"], p["epsilon"], g)
+        weighted.append(R.apply_mask(d, mask, params["rescale"]) * p["weight"])
+    agree = R.sign_consensus(weighted)
     mixed = sum(d * m for d, m in zip(weighted, agree, strict=True))
     if params["normalize"]:
         divisor = sum(m.float() * p["weight"] for m, p in zip(agree, per_model, strict=True))

@@ -366,3 +366,50 @@ def test_vocabulary_mismatch_needs_a_tokenizer_source(tmp_path):
         + 0.5 * load_state(big[0])["model.embed_tokens.weight"][:288]
     )
     torch.testing.assert_close(out["model.embed_tokens.weight"], want)
+
+
+# --- the policy ``mergesearch merge`` applies lives in the library ---------------------------
+
+
+def _linear(paths: list[Path], weight: float) -> dict:
+    return {
+        "models": [{"model": str(p), "parameters": {"weight": weight}} for p in paths],
+        "merge_method": "linear",
+        "parameters": {"normalize": False},
+    }
+
+
+def test_run_merge_refuses_a_non_finite_result_and_writes_nothing(family, tmp_path):
+    from mergesearch.merging import NonFiniteError
+
+    out = tmp_path / "out"
+    with pytest.raises(NonFiniteError) as info:
+        run_merge(_linear(family[1:], 1e39), out, progress=False)  # beyond float32: inf
+    message = str(info.value)
+    assert "\n" not in message and "NaN or inf" in message and "check weights" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_merge_writes_a_non_finite_result_only_when_asked(family, tmp_path):
+    out = merged(_linear(family[1:], 1e39), tmp_path / "out", check_finite=False)
+    assert not all(torch.isfinite(t).all() for t in out.values())
+
+
+def test_run_merge_names_a_damaged_source_and_writes_nothing(family, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(family[2], damaged)
+    state = load_file(damaged / "model.safetensors")
+    state["model.layers.1.mlp.down_proj.weight"][3, 5] = float("nan")
+    save_file(state, damaged / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as info:
+        run_merge(_linear([family[1], damaged], 0.5), out, progress=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{damaged}: tensor 'model.layers.1.mlp.down_proj.weight'")
+    assert "damaged" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged"]

@@ -15,9 +15,15 @@ position whose sign vote depends on a tied model is thereby left out too). The `
 put all weights on a 2**-14 grid so such ties are common (~8-10% of elements left out); the
 others have none. A case may not leave out more than a quarter of its elements.
 
+Sampled thresholds (arcee_fusion): on tensors over 1e6 elements mergekit estimates the threshold
+from a random sample and mergesearch computes it exactly, so a few elements take the base's
+value in one output and the other model's in the other. ``arcee_fusion_sampled`` counts them
+(``flip_mask``) and allows at most 0.1% of those tensors' elements; everything else, and every
+smaller tensor, must match within 1e-5.
+
 mergekit is found through ``$MERGEKIT_VENV`` (a venv with ``bin/mergekit-yaml``), else
-``/work/mk-venv``, else ``.venv-mergekit`` in the repository root. Without it the tests skip,
-except under ``CI=true``, where they fail.
+``.venv-mergekit`` in the repository root. Without it the tests skip, except under ``CI=true``,
+where they fail.
 """
 
 from __future__ import annotations
@@ -27,16 +33,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.parity import (
-    CASES,
-    MERGEKIT_ENV,
-    Case,
-    TopKCut,
-    find_mergekit,
-    in_ci,
-    run_case,
-    tie_mask,
-)
+from bench._mergekit import MERGEKIT_ENV, TopKCut, find_mergekit, flip_mask, in_ci, tie_mask
+from tests.helpers.parity import CASES, Case, run_case
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +45,7 @@ def mergekit_exe() -> Path:
     if exe is None:
         message = (
             f"mergekit not found: set {MERGEKIT_ENV} to a venv with mergekit==0.1.5 "
-            "(bin/mergekit-yaml), or create /work/mk-venv or .venv-mergekit"
+            "(bin/mergekit-yaml), or create .venv-mergekit in the repository root"
         )
         if in_ci():
             pytest.fail(message)
@@ -61,13 +59,29 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_matches_mergekit(case: Case, mergekit_exe: Path, models_root: Path, tmp_path: Path):
+def test_matches_mergekit(
+    case: Case, mergekit_exe: Path, models_root: Path, tmp_path: Path, record_property
+):
     result = run_case(case, tmp_path, mergekit_exe, models_root=models_root)
+    # what bench/parity.py prints, read from pytest's JUnit XML report
+    for key in ("method", "tensors", "elements", "excluded", "flipped", "sampled_elements"):
+        record_property(key, getattr(result, key))
+    record_property("max_abs_diff", f"{result.max_abs_diff:.2e}")
     assert result.ok, f"{case.name}: " + "; ".join(result.problems())
     assert result.tensors > 0
     assert result.excluded <= result.elements // 4, "tie exclusion hides too much to be a test"
     if case.cut is None:
         assert result.excluded == 0
+    if case.max_flipped is None:
+        assert result.flipped == 0
+
+
+def test_flip_mask_marks_elements_that_took_the_other_input():
+    base = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    other = torch.tensor([1.0, 1.0, 5.0, 4.0])
+    ours = torch.tensor([0.0, 1.0, 5.0, 3.5])  # base, either, other, neither
+    ref = torch.tensor([1.0, 1.0, 2.0, 3.0])  # other, either, base, base
+    assert flip_mask(ours, ref, base, other).tolist() == [True, False, True, False]
 
 
 def test_tie_mask_marks_only_values_straddling_the_cut():
@@ -86,6 +100,18 @@ def test_tie_mask_ignores_equal_values_that_do_not_straddle():
     assert tie_mask([base, d], TopKCut("magnitude", (0.5,))).sum() == 2
     # top-2 (floor(0.34 * 6)): 9 8 | 4 4: the equal 4s lie on one side of the cut.
     assert not tie_mask([base, d], TopKCut("magnitude", (0.34,))).any()
+
+
+def test_tie_mask_sce_marks_variances_straddling_the_cut():
+    base = torch.zeros(6)
+    # variances over the two models: (d0 - d1)^2 / 4 = 4 0 1 1 9 1; five are nonzero, so
+    # select_topk 0.6 keeps int(5 * 0.6) = 3 of them: 9 4 1 | 1 1 -> the 1s straddle the cut
+    d0 = torch.tensor([4.0, 1, 2, 0, 6, 3])
+    d1 = torch.tensor([0.0, 1, 0, 2, 0, 1])
+    mask = tie_mask([base, d0, d1], TopKCut("variance", (0.6,)))
+    assert mask.tolist() == [False, False, True, True, False, True]
+    # select_topk 0.4 keeps 2: 9 4 | 1 1 1 -> no tie at the cut
+    assert not tie_mask([base, d0, d1], TopKCut("variance", (0.4,))).any()
 
 
 def test_tie_mask_breadcrumbs_window_has_two_cuts():

@@ -1,6 +1,6 @@
 """Merge methods: registry tables, invariants, and golden values from slow reference code.
 
-Each ``ref_*`` function below is a deliberately plain re-implementation of MERGE_METHODS.md
+Each ``ref_*`` function below is a deliberately plain re-implementation of docs/METHODS.md
 (float64 numpy, Python loops over elements) used to pin the fast torch code.
 """
 
@@ -14,32 +14,7 @@ import torch
 
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import METHODS, REQUIRED, BaseRole, get_method
-
-ATOL = 1e-5
-
-
-def run(name, inputs, base=None, per_model=None, generator=None, **params):
-    """Call a registered method the way the engine does: defaults filled in."""
-    method = get_method(name)
-    per_model = per_model if per_model is not None else [{} for _ in inputs]
-    pm_defaults = {k: v for k, v in method.per_model_params.items() if v is not REQUIRED}
-    gl_defaults = {k: v for k, v in method.global_params.items() if v is not REQUIRED}
-    per_model = [{**pm_defaults, **p} for p in per_model]
-    return method.fn(inputs, base, per_model, {**gl_defaults, **params}, generator)
-
-
-def rand(*shape, seed=0, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def f64(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float64).numpy().copy()
-
-
-def close(actual: torch.Tensor, expected: np.ndarray, atol: float = ATOL) -> None:
-    assert tuple(actual.shape) == expected.shape
-    np.testing.assert_allclose(f64(actual), expected, rtol=0, atol=atol)
-
+from tests.helpers.methods import close, f64, rand, run
 
 # --- registry ---------------------------------------------------------------------------------
 
@@ -58,6 +33,27 @@ EXPECTED = {
     ),
     "model_stock": (BaseRole.REQUIRED, {}, {"filter_wise": False}, 2, None, False),
     "passthrough": (BaseRole.IGNORED, {"scale": None}, {}, 1, 1, False),
+    "multislerp": (
+        BaseRole.OPTIONAL,
+        {"weight": REQUIRED},
+        {"normalize_weights": True, "eps": 1e-8},
+        1,
+        None,
+        False,
+    ),
+    "karcher": (BaseRole.IGNORED, {}, {"max_iter": 10, "tol": 1e-5}, 1, None, False),
+    "sce": (BaseRole.REQUIRED, {}, {"select_topk": 1.0, "int8_mask": False}, 0, None, False),
+    "nearswap": (BaseRole.REQUIRED, {}, {"t": REQUIRED}, 1, 1, False),
+    "arcee_fusion": (BaseRole.REQUIRED, {}, {}, 1, 1, False),
+    "ram": (BaseRole.REQUIRED, {}, {"epsilon": 1e-5}, 0, None, False),
+    "ramplus_tl": (
+        BaseRole.REQUIRED,
+        {},
+        {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5},
+        0,
+        None,
+        False,
+    ),
 }
 for _name, _norm, _rescale, _extra, _random in [
     ("task_arithmetic", False, False, {}, False),
@@ -340,6 +336,13 @@ CALLS = {
     "breadcrumbs_ties": ({"weight": 0.5, "density": 0.5, "gamma": 0.1}, {}),
     "della": ({"weight": 0.5, "density": 0.5, "epsilon": 0.2}, {}),
     "della_linear": ({"weight": 0.5, "density": 0.5, "epsilon": 0.2}, {}),
+    "multislerp": ({"weight": 0.5}, {}),
+    "karcher": ({}, {}),
+    "sce": ({}, {"select_topk": 0.5}),
+    "nearswap": ({}, {"t": 0.5}),
+    "arcee_fusion": ({}, {}),
+    "ram": ({}, {"epsilon": 0.1}),
+    "ramplus_tl": ({}, {"epsilon": 0.1, "r": 0.5}),
 }
 
 

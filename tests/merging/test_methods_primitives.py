@@ -10,6 +10,7 @@ import torch
 
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
+from tests.helpers import reference as R
 
 
 def gen(seed: int) -> torch.Generator:
@@ -30,10 +31,10 @@ def reference_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def test_topk_mask_on_small_tensor_with_ties_prefers_low_indices():
     scores = torch.tensor([1.0, 3.0, 2.0, 3.0, 2.0, 2.0, 0.5])
-    assert P.topk_mask(scores, 3).tolist() == [0, 1, 1, 1, 0, 0, 0]
-    assert P.topk_mask(scores, 4).tolist() == [0, 1, 1, 1, 1, 0, 0]
-    assert P.topk_mask(scores, 0).sum() == 0
-    assert P.topk_mask(scores, 7).all()
+    assert R.topk_mask(scores, 3).tolist() == [0, 1, 1, 1, 0, 0, 0]
+    assert R.topk_mask(scores, 4).tolist() == [0, 1, 1, 1, 1, 0, 0]
+    assert R.topk_mask(scores, 0).sum() == 0
+    assert R.topk_mask(scores, 7).all()
 
 
 @pytest.mark.parametrize("density", [0.001, 0.5, 0.97])
@@ -42,7 +43,7 @@ def test_topk_mask_large_tensor_with_many_ties_is_exact(density):
     # size takes the sampled-bracket path of kth_largest.
     values = torch.randint(-300, 300, (P._SAMPLE_MIN_NUMEL + 7,), generator=gen(1)).float() / 7
     k = math.floor(density * values.numel())
-    mask = P.topk_mask(values.abs(), k)
+    mask = R.topk_mask(values.abs(), k)
     assert int(mask.sum()) == k
     assert torch.equal(mask, reference_topk(values.abs(), k))
 
@@ -50,7 +51,7 @@ def test_topk_mask_large_tensor_with_many_ties_is_exact(density):
 @pytest.mark.parametrize("k", [1, 5000, 700_000])
 def test_kth_largest_on_distinct_values_is_exact(k):
     scores = torch.randn(P._SAMPLE_MIN_NUMEL + 3, generator=gen(20)).abs()
-    assert P.kth_largest(scores, k) == torch.kthvalue(scores, scores.numel() - k + 1).values
+    assert R.kth_largest(scores, k) == torch.kthvalue(scores, scores.numel() - k + 1).values
 
 
 def test_kth_largest_falls_back_when_the_sample_misleads():
@@ -60,12 +61,12 @@ def test_kth_largest_falls_back_when_the_sample_misleads():
     scores[:: n // P._SAMPLE_SIZE] = 0.0
     descending = torch.sort(scores, descending=True).values
     for k in (1, n // 3, n - 10, n):
-        assert P.kth_largest(scores, k) == descending[k - 1]
+        assert R.kth_largest(scores, k) == descending[k - 1]
 
 
 def test_topk_masks_are_nested():
     scores = torch.randint(0, 20, (5000,), generator=gen(3)).float()
-    small, large = P.topk_mask(scores, 1234), P.topk_mask(scores, 3000)
+    small, large = R.topk_mask(scores, 1234), R.topk_mask(scores, 3000)
     assert bool((small <= large).all())
 
 
@@ -74,7 +75,7 @@ def test_topk_masks_are_nested():
 
 def test_magnitude_mask_keeps_floor_density_n_largest():
     d = torch.randn(10, 13, generator=gen(4))
-    mask = P.magnitude_mask(d, 0.37)
+    mask = R.magnitude_mask(d, 0.37)
     k = math.floor(0.37 * 130)
     assert mask.shape == d.shape
     assert int(mask.sum()) == k
@@ -83,17 +84,17 @@ def test_magnitude_mask_keeps_floor_density_n_largest():
 
 def test_magnitude_mask_edge_cases():
     d = torch.randn(50, generator=gen(5))
-    assert P.magnitude_mask(d, 1.0).all()
-    assert P.magnitude_mask(d, 1.5).all()
+    assert R.magnitude_mask(d, 1.0).all()
+    assert R.magnitude_mask(d, 1.5).all()
     with pytest.raises(ConfigError, match="density"):
-        P.magnitude_mask(d, 0.01)  # floor(0.5) = 0
+        R.magnitude_mask(d, 0.01)  # floor(0.5) = 0
     with pytest.raises(ConfigError, match="density"):
-        P.magnitude_mask(d, -0.2)
+        R.magnitude_mask(d, -0.2)
 
 
 def test_magnitude_mask_bfloat16_ties_are_deterministic():
     d = torch.randn(300, 40, generator=gen(6)).to(torch.bfloat16)
-    mask = P.magnitude_mask(d, 0.3)
+    mask = R.magnitude_mask(d, 0.3)
     assert int(mask.sum()) == math.floor(0.3 * d.numel())
     assert torch.equal(mask, reference_topk(d.float().abs(), int(mask.sum())))
 
@@ -103,19 +104,19 @@ def test_magnitude_mask_bfloat16_ties_are_deterministic():
 
 def test_random_mask_density_and_reproducibility():
     d = torch.randn(1024, 1024, generator=gen(7))
-    mask = P.random_mask(d, 0.3, gen(11))
+    mask = R.random_mask(d, 0.3, gen(11))
     assert abs(mask.float().mean().item() - 0.3) < 0.01 * 0.3
-    assert torch.equal(mask, P.random_mask(d, 0.3, gen(11)))
-    assert not torch.equal(mask, P.random_mask(d, 0.3, gen(12)))
-    assert P.random_mask(d, 1.0, gen(11)).all()
-    assert not P.random_mask(d, 0.0, gen(11)).any()
+    assert torch.equal(mask, R.random_mask(d, 0.3, gen(11)))
+    assert not torch.equal(mask, R.random_mask(d, 0.3, gen(12)))
+    assert R.random_mask(d, 1.0, gen(11)).all()
+    assert not R.random_mask(d, 0.0, gen(11)).any()
 
 
 def test_rescale_preserves_the_l1_norm():
     d = torch.randn(1000, 1000, generator=gen(8))
-    kept = P.apply_mask(d, P.random_mask(d, 0.1, gen(13)), rescale=True)
+    kept = R.apply_mask(d, R.random_mask(d, 0.1, gen(13)), rescale=True)
     assert kept.abs().double().sum().item() == pytest.approx(d.abs().double().sum().item(), 1e-5)
-    unscaled = P.apply_mask(d, P.random_mask(d, 0.1, gen(13)), rescale=False)
+    unscaled = R.apply_mask(d, R.random_mask(d, 0.1, gen(13)), rescale=False)
     ratio = d.abs().double().sum() / unscaled.abs().double().sum()
     torch.testing.assert_close(kept, unscaled * ratio.float())
     # L1 matching, not 1/density
@@ -125,8 +126,8 @@ def test_rescale_preserves_the_l1_norm():
 def test_l1_rescale_skips_tiny_norms():
     d = torch.full((10,), 1e-9)
     kept = d * torch.tensor([1.0] + [0.0] * 9)
-    assert torch.equal(P.l1_rescale(kept, d), kept)
-    assert torch.equal(P.l1_rescale(torch.zeros(10), torch.ones(10)), torch.zeros(10))
+    assert torch.equal(R.l1_rescale(kept, d), kept)
+    assert torch.equal(R.l1_rescale(torch.zeros(10), torch.ones(10)), torch.zeros(10))
 
 
 # --- breadcrumbs --------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_l1_rescale_skips_tiny_norms():
 
 def test_breadcrumbs_drops_outliers_and_small_values():
     d = torch.arange(1.0, 101.0)  # |d| ascending by index, no ties
-    mask = P.breadcrumbs_mask(d, 0.5, 0.1)
+    mask = R.breadcrumbs_mask(d, 0.5, 0.1)
     # keep 50, drop the 10 largest, so the 40 smallest go: ranks [40, 90)
     assert mask.nonzero().squeeze(1).tolist() == list(range(40, 90))
 
@@ -142,23 +143,23 @@ def test_breadcrumbs_drops_outliers_and_small_values():
 def test_breadcrumbs_with_top_zero_keeps_the_largest():
     """Intentional difference from mergekit, which keeps nothing when floor(gamma n) == 0."""
     d = -torch.arange(1.0, 51.0)
-    mask = P.breadcrumbs_mask(d, 0.2, 0.01)  # top = floor(0.5) = 0
+    mask = R.breadcrumbs_mask(d, 0.2, 0.01)  # top = floor(0.5) = 0
     assert mask.nonzero().squeeze(1).tolist() == list(range(40, 50))
-    assert torch.equal(mask, P.magnitude_mask(d, 0.2))
+    assert torch.equal(mask, R.magnitude_mask(d, 0.2))
 
 
 def test_breadcrumbs_negative_bottom_shrinks_top():
     d = torch.arange(1.0, 21.0)
-    mask = P.breadcrumbs_mask(d, 0.9, 0.3)  # keep 18, top 6 -> bottom -4: top 2, bottom 0
+    mask = R.breadcrumbs_mask(d, 0.9, 0.3)  # keep 18, top 6 -> bottom -4: top 2, bottom 0
     assert mask.nonzero().squeeze(1).tolist() == list(range(0, 18))
 
 
 def test_breadcrumbs_density_one_is_unchanged_and_ties_deterministic():
     d = torch.tensor([2.0, -2.0, 1.0, 2.0, 1.0, -1.0, 3.0, 0.0])
-    assert P.breadcrumbs_mask(d, 1.0, 0.5).all()
+    assert R.breadcrumbs_mask(d, 1.0, 0.5).all()
     # keep 4, top 1 (the 3.0), bottom 3: among the three 1s the highest index ranks lowest,
     # among the three 2s the lowest index ranks highest
-    mask = P.breadcrumbs_mask(d, 0.5, 0.125)
+    mask = R.breadcrumbs_mask(d, 0.5, 0.125)
     assert mask.tolist() == [True, True, True, True, False, False, False, False]
 
 
@@ -169,13 +170,13 @@ def test_della_keeps_density_on_average_and_favours_large_magnitudes():
     # rows already sorted by magnitude, so a column index is the rank
     row = torch.linspace(0.1, 1.0, 1000) * torch.tensor([1.0, -1.0]).repeat(500)
     d = row.expand(500, 1000).contiguous()
-    mask = P.della_mask(d, 0.5, 0.4, gen(14))
+    mask = R.della_mask(d, 0.5, 0.4, gen(14))
     assert abs(mask.float().mean().item() - 0.5) < 0.005
     top_decile = mask[:, 900:].float().mean().item()
     bottom_decile = mask[:, :100].float().mean().item()
     assert top_decile == pytest.approx(0.5 + 0.4 * 0.9, abs=0.01)  # p = 0.1 + 0.8 r
     assert bottom_decile == pytest.approx(0.5 - 0.4 * 0.9, abs=0.01)
-    assert torch.equal(mask, P.della_mask(d, 0.5, 0.4, gen(14)))
+    assert torch.equal(mask, R.della_mask(d, 0.5, 0.4, gen(14)))
 
 
 def test_della_probability_by_hand():
@@ -183,7 +184,7 @@ def test_della_probability_by_hand():
     draws = torch.rand(d.shape, generator=gen(15))
     # ranks ascending per row (ties by index): [2, 0, 1] and [0, 1, 2] -> r = rank / 2
     probs = 0.4 + 0.2 * torch.tensor([[2, 0, 1], [0, 1, 2]]) / 2
-    assert torch.equal(P.della_mask(d, 0.5, 0.1, gen(15)), draws < probs)
+    assert torch.equal(R.della_mask(d, 0.5, 0.1, gen(15)), draws < probs)
 
 
 def test_della_one_dimensional_and_single_column():
@@ -191,19 +192,19 @@ def test_della_one_dimensional_and_single_column():
     draws = torch.rand(7, generator=gen(16))
     ranks = torch.tensor(np.argsort(np.argsort(d.abs().numpy(), kind="stable"), kind="stable"))
     expected = draws < (0.3 + 0.4 * ranks / 6)
-    assert torch.equal(P.della_mask(d, 0.5, 0.2, gen(16)), expected)
+    assert torch.equal(R.della_mask(d, 0.5, 0.2, gen(16)), expected)
     column = torch.randn(5, 1, generator=gen(10))  # rows of one element: p = density
     draws = torch.rand(5, 1, generator=gen(17))
-    assert torch.equal(P.della_mask(column, 0.5, 0.2, gen(17)), draws < 0.5)
+    assert torch.equal(R.della_mask(column, 0.5, 0.2, gen(17)), draws < 0.5)
 
 
 def test_della_validation_only_below_density_one():
     d = torch.randn(4, 4, generator=gen(11))
-    assert P.della_mask(d, 1.0, 0.5, gen(1)).all()
+    assert R.della_mask(d, 1.0, 0.5, gen(1)).all()
     with pytest.raises(ConfigError, match="epsilon"):
-        P.della_mask(d, 0.2, 0.2, gen(1))
+        R.della_mask(d, 0.2, 0.2, gen(1))
     with pytest.raises(ConfigError, match="epsilon"):
-        P.della_mask(d, 0.8, 0.2, gen(1))
+        R.della_mask(d, 0.8, 0.2, gen(1))
 
 
 # --- sign consensus -------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_della_validation_only_below_density_one():
 def test_sign_consensus_zeros_never_vote_and_ties_elect_plus():
     a = torch.tensor([1.0, 0.0, -2.0, 1.0])
     b = torch.tensor([-0.5, 0.0, 1.0, -1.0])
-    ma, mb = P.sign_consensus([a, b])
+    ma, mb = R.sign_consensus([a, b])
     assert ma.tolist() == [True, False, True, True]
     assert mb.tolist() == [False, False, False, False]
 
@@ -225,7 +226,7 @@ def test_dot_and_l1_norm_are_accurate_on_large_tensors():
     b = a + 0.01 * torch.randn(4_000_000, generator=gen(13))
     exact = torch.dot(a.double(), b.double()).item()
     assert P.dot(a, b).item() == pytest.approx(exact, rel=1e-6)
-    assert P.l1_norm(a) == pytest.approx(a.double().abs().sum().item(), rel=1e-6)
+    assert R.l1_norm(a) == pytest.approx(a.double().abs().sum().item(), rel=1e-6)
 
 
 def test_slerp_on_a_large_tensor_matches_float64():

@@ -1,4 +1,4 @@
-"""The task-arithmetic family against a slow reference of MERGE_METHODS.md.
+"""The task-arithmetic family against a slow reference of docs/METHODS.md.
 
 Random sparsifiers are pinned by replaying the documented draw protocol with the same seed:
 for each model in config order whose density is below 1, one ``torch.rand(shape)`` from the
@@ -14,32 +14,9 @@ import pytest
 import torch
 
 from mergesearch.merging.errors import ConfigError
-from mergesearch.merging.methods import REQUIRED, get_method
+from tests.helpers.methods import close, f64, rand, run
 
 SHAPE = (6, 9)
-ATOL = 1e-5
-
-
-def run(name, inputs, base=None, per_model=None, generator=None, **params):
-    """Call a registered method the way the engine does: defaults filled in."""
-    method = get_method(name)
-    pm_defaults = {k: v for k, v in method.per_model_params.items() if v is not REQUIRED}
-    gl_defaults = {k: v for k, v in method.global_params.items() if v is not REQUIRED}
-    per_model = [{**pm_defaults, **p} for p in per_model]
-    return method.fn(inputs, base, per_model, {**gl_defaults, **params}, generator)
-
-
-def rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def f64(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float64).numpy().copy()
-
-
-def close(actual: torch.Tensor, expected: np.ndarray, atol: float = ATOL) -> None:
-    assert tuple(actual.shape) == expected.shape
-    np.testing.assert_allclose(f64(actual), expected, rtol=0, atol=atol)
 
 
 def ref_magnitude_keep(d: np.ndarray, density: float) -> np.ndarray:
@@ -81,7 +58,7 @@ def ref_della_keep(d: np.ndarray, density: float, epsilon: float, draws: np.ndar
 
 
 def ref_gta(xs, base, per_model, *, sparsifier, consensus, normalize, rescale, lam, seed=None):
-    """MERGE_METHODS.md's five steps, elementwise in float64."""
+    """The family's steps in docs/METHODS.md, elementwise in float64."""
     b = f64(base).ravel()
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     deltas, weights = [], []

@@ -1,8 +1,12 @@
-"""Fault injection for a child process: a disk that fills up under one folder.
+"""Fault injection for a child process: a disk that fills up.
 
-Imported at start-up when this folder is on ``PYTHONPATH`` and ``MERGESEARCH_TEST_ENOSPC`` is
-``PREFIX:BYTES``: files opened for writing under ``PREFIX`` raise ``OSError(ENOSPC)`` once more
-than ``BYTES`` have been written to them in total, as a full disk does. Nothing else changes.
+Imported at start-up when this folder is on ``PYTHONPATH``. Two switches, both off by default:
+
+- ``MERGESEARCH_TEST_ENOSPC`` = ``PREFIX:BYTES``: files opened for writing under ``PREFIX``
+  raise ``OSError(ENOSPC)`` once more than ``BYTES`` have been written to them in total;
+- ``MERGESEARCH_TEST_DB_FULL`` = ``FLAG``: SQLite refuses every write with ``SQLITE_FULL``
+  while the file ``FLAG`` exists (below).
+
 A tiny tmpfs would be the real thing, but mounting one needs privileges tests do not have.
 """
 
@@ -53,3 +57,44 @@ if _SETTING:
         return _Full(handle) if writing and ours else handle
 
     io.open = builtins.open = _guarded_open
+
+
+# ``MERGESEARCH_TEST_DB_FULL`` = FLAG: while the file FLAG exists, every SQLite statement that
+# writes fails as SQLite fails on a full disk (``SQLITE_FULL``: "database or disk is full");
+# reads keep working. The test creates FLAG in the middle of a search: the disk fills up.
+_DB_FULL = os.environ.get("MERGESEARCH_TEST_DB_FULL")
+
+if _DB_FULL:
+    import sqlite3
+    import sqlite3.dbapi2
+
+    _WRITES = ("insert", "update", "delete", "replace", "create", "drop", "alter")
+
+    def _refuse_when_full(sql):
+        if os.path.exists(_DB_FULL) and str(sql).lstrip().lower().startswith(_WRITES):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    class _FullCursor(sqlite3.Cursor):
+        def execute(self, sql, *args):
+            _refuse_when_full(sql)
+            return super().execute(sql, *args)
+
+        def executemany(self, sql, *args):
+            _refuse_when_full(sql)
+            return super().executemany(sql, *args)
+
+    class _FullConnection(sqlite3.Connection):
+        def cursor(self, factory=_FullCursor):
+            return super().cursor(factory)
+
+        def execute(self, sql, *args):
+            _refuse_when_full(sql)
+            return super().execute(sql, *args)
+
+    _sqlite_connect = sqlite3.connect
+
+    def _connect(*args, **kwargs):
+        kwargs.setdefault("factory", _FullConnection)
+        return _sqlite_connect(*args, **kwargs)
+
+    sqlite3.connect = sqlite3.dbapi2.connect = _connect

@@ -1,0 +1,289 @@
+"""The search-efficacy suite: how far from the best known merge does a strategy end?
+
+    python bench/search_efficacy.py build [--only NAME ...] [--force]
+    python bench/search_efficacy.py grid NAME
+    python bench/search_efficacy.py reference [--only NAME ...] [--force]
+    python bench/search_efficacy.py run [--strategies auto tpe cmaes gp random]
+        [--budgets 30 60 120] [--seeds 0 1 2] [--only NAME ...]
+
+``build`` builds every landscape's family (``bench/efficacy/landscapes.py``; minutes each, cached
+under ``bench/out/efficacy/``) and prints base, specialists and 50/50 average on the held-out
+split. ``grid`` scores a grid of hand-set merges of one landscape (chosen on search, shown
+held-out), to check by hand where the plain average stands. ``reference`` runs one long search
+per landscape over all the suite's methods and records, in the committed
+``bench/efficacy/reference.json``, the held-out score of the merge it chose on the search split:
+recorded once, not recomputed every run (``--force`` redoes a landscape). ``run`` searches every
+landscape with each strategy x budget x seed and reports regret = reference - held-out score of
+the merge chosen on the search split: median and worst per strategy and budget, written to
+``bench/RESULTS_efficacy.md`` with a plot of regret against items spent. Each run is cached in
+``bench/out/efficacy/runs.json`` (and its study in SQLite), so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_name, "1")  # everything is local: never wait on the network
+
+from bench.efficacy import landscapes as L  # noqa: E402
+from bench.efficacy import report  # noqa: E402
+
+# The reference search: one constant, so that switching it (to the uniform method portfolio,
+# once it lands) is one edit. Its budget counts search trials; baselines come on top.
+REFERENCE_SAMPLER: dict[str, Any] = {"name": "tpe"}
+REFERENCE_TRIALS = 500
+REFERENCE_SEED = 0
+REFERENCE_JSON = ROOT / "bench" / "efficacy" / "reference.json"
+RUNS_JSON = L.OUT / "runs.json"
+STRATEGIES = ("auto", "tpe", "cmaes", "gp", "random")
+BUDGETS = (30, 60, 120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build every landscape and print its table")
+    grid = sub.add_parser("grid", help="score a grid of hand-set merges of one landscape")
+    grid.add_argument("name", help="landscape name")
+    reference = sub.add_parser("reference", help="record each landscape's reference score")
+    run = sub.add_parser("run", help="regret of strategies x budgets x seeds")
+    for p in (build, reference, run):
+        p.add_argument("--only", nargs="+", metavar="NAME", help="these landscapes only")
+    for p in (build, reference):
+        p.add_argument("--force", action="store_true", help="redo what is built or recorded")
+    run.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    run.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    _quiet()
+    try:
+        chosen = _landscapes(getattr(args, "only", None))
+        if args.command == "build":
+            return build_command(chosen, force=args.force)
+        if args.command == "grid":
+            return grid_command(L.get(args.name))
+        if args.command == "reference":
+            return reference_command(chosen, force=args.force)
+        return run_command(chosen, args.strategies, args.budgets, args.seeds)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+
+
+def _landscapes(names: list[str] | None) -> list[L.Landscape]:
+    return [L.get(n) for n in names] if names else list(L.LANDSCAPES)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_command(chosen: list[L.Landscape], *, force: bool) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(chosen, unit="landscape", desc="build", file=sys.stderr, dynamic_ncols=True)
+    for landscape in bar:
+        bar.set_postfix_str(landscape.name)
+        started = time.perf_counter()
+        family = L.build(landscape, force=force)
+        how = "cached" if family.cached else f"built in {time.perf_counter() - started:.0f} s"
+        bar.write(f"{landscape.name}: {how} at {family.root}", file=sys.stderr)
+    bar.close()
+    rows = report.landscape_rows(chosen)
+    print(report.render_landscapes(rows))
+    report.write_results(REFERENCE_JSON, RUNS_JSON)
+    return 0
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def grid_command(landscape: L.Landscape) -> int:
+    from bench.efficacy.grid import grid_table
+
+    if not L.is_built(landscape):
+        raise FileNotFoundError(f"landscape {landscape.name!r} is not built; run build first")
+    print(grid_table(landscape))
+    return 0
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference_command(chosen: list[L.Landscape], *, force: bool) -> int:
+    from bench.efficacy.outcome import outcome
+    from mergesearch.search.optimize.study import run_search
+
+    recorded = _read_json(REFERENCE_JSON)
+    for landscape in chosen:
+        if landscape.name in recorded and not force:
+            print(
+                f"{landscape.name}: recorded ({recorded[landscape.name]['reference']:.3f}); "
+                "--force redoes it"
+            )
+            continue
+        family = L.build(landscape)
+        db = L.OUT / "reference" / f"{landscape.name}.db"
+        if force and db.exists():
+            db.unlink()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        n_baselines = len(landscape.targets) + 2  # base, each specialist, the average
+        spec = L.spec_for(
+            landscape,
+            methods=landscape.methods,
+            sampler=REFERENCE_SAMPLER,
+            budget=REFERENCE_TRIALS + n_baselines,
+            seed=REFERENCE_SEED,
+            storage=f"sqlite:///{db}",
+            name=f"reference-{landscape.name}",
+        )
+        print(f"{landscape.name}: reference search, {REFERENCE_TRIALS} trials", flush=True)
+        result = run_search(spec, progress=True)
+        got = outcome(result)
+        table = {row["model"]: row for row in family.table}
+        specialists = {t: table[f"specialist {t}"]["mean"] for t in landscape.targets}
+        best_specialist = max(specialists, key=specialists.get)
+        recorded = _read_json(REFERENCE_JSON)  # another process may have recorded meanwhile
+        recorded[landscape.name] = {
+            "reference": got.heldout,
+            "search": got.search,
+            "method": got.method,
+            "trial": got.trial,
+            "params": got.params,
+            "merge_config": got.merge_config,
+            "best_specialist": {"name": best_specialist, "heldout": specialists[best_specialist]},
+            "average_heldout": table[next(k for k in table if k.endswith("average"))]["mean"],
+            "base_heldout": table["base"]["mean"],
+            "search_baselines_heldout": got.baselines,
+            "trials": got.trials,
+            "items": got.items,
+            "sampler": REFERENCE_SAMPLER,
+            "methods": list(landscape.methods),
+            "seconds": got.seconds,
+            "family": {
+                "targets": list(landscape.targets),
+                "seed": landscape.seed,
+                "threads": landscape.threads,
+                "digest": landscape.recipe.digest(landscape.seed),
+            },
+        }
+        _write_json(REFERENCE_JSON, dict(sorted(recorded.items())))
+        print(
+            f"{landscape.name}: reference {got.heldout:.3f} ({got.method}, trial #{got.trial}, "
+            f"search {got.search:.3f}); best specialist {specialists[best_specialist]:.3f}, "
+            f"{got.seconds:.0f} s",
+            flush=True,
+        )
+    report.write_results(REFERENCE_JSON, RUNS_JSON)
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run_command(
+    chosen: list[L.Landscape], strategies: list[str], budgets: list[int], seeds: list[int]
+) -> int:
+    from tqdm import tqdm
+
+    from bench.efficacy.outcome import outcome
+    from mergesearch.search.optimize.study import run_search
+    from mergesearch.search.spec.schema import SAMPLERS
+
+    for strategy in strategies:
+        if strategy not in SAMPLERS:
+            raise ValueError(f"strategy {strategy!r}: choose from {', '.join(SAMPLERS)}")
+    if any(b < 1 for b in budgets):
+        raise ValueError(f"budgets must be >= 1 trial, got {budgets}")
+    references = _read_json(REFERENCE_JSON)
+    missing = [ls.name for ls in chosen if ls.name not in references]
+    if missing:
+        raise ValueError(f"no reference recorded for {', '.join(missing)}; run reference first")
+    runs = _read_json(RUNS_JSON)
+    todo = [
+        (landscape, strategy, budget, seed)
+        for landscape in chosen
+        for strategy in strategies
+        for budget in budgets
+        for seed in seeds
+        if run_key(landscape.name, strategy, budget, seed) not in runs
+    ]
+    bar = tqdm(todo, unit="run", desc="runs", file=sys.stderr, dynamic_ncols=True)
+    for landscape, strategy, budget, seed in bar:
+        bar.set_postfix_str(f"{landscape.name} {strategy} {budget} seed {seed}")
+        db = L.OUT / "runs" / f"{landscape.name}.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        spec = L.spec_for(
+            landscape,
+            methods=landscape.methods,
+            sampler=strategy,
+            budget=budget,
+            seed=seed,
+            storage=f"sqlite:///{db}",
+            name=f"{strategy}-b{budget}-s{seed}",
+        )
+        got = outcome(run_search(spec, progress=False))
+        runs = _read_json(RUNS_JSON)
+        runs[run_key(landscape.name, strategy, budget, seed)] = {
+            "landscape": landscape.name,
+            "strategy": strategy,
+            "budget": budget,
+            "seed": seed,
+            **got.to_dict(),
+        }
+        _write_json(RUNS_JSON, runs)
+    bar.close()
+    names = {ls.name for ls in chosen}
+    selected = [
+        r
+        for r in _read_json(RUNS_JSON).values()
+        if r["landscape"] in names
+        and r["strategy"] in strategies
+        and r["budget"] in budgets
+        and r["seed"] in seeds
+    ]
+    print(report.render_regret(report.regret_rows(selected, references)))
+    report.write_results(REFERENCE_JSON, RUNS_JSON, runs=selected)
+    return 0
+
+
+def run_key(landscape: str, strategy: str, budget: int, seed: int) -> str:
+    return f"{landscape}|{strategy}|{budget}|{seed}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically: an interrupted run never leaves half a cache or half a reference file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _quiet() -> None:
+    """Progress bars and tables are the output: no bars or warnings from the libraries."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

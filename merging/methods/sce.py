@@ -1,0 +1,126 @@
+"""SCE (FuseChat): select the task-vector elements the models disagree on most, calculate
+per-model weights from the selected energy, erase minority signs, average the rest.
+
+    d_i = x_i - b                                       task vectors (no models: b)
+    select (select_topk < 1):
+        var = population variance over the models of d_i, per element
+        k = floor(select_topk * count(var != 0)); keep the k largest var (k = 0: keep none)
+        d_i = d_i * keep                                select_topk <= 0 keeps none, >= 1 all
+    calculate: e_i = mean(d_i^2) over the tensor
+        w_i = e_i / sum e   (sum e < 1e-6: w_i = 1 / N)
+    erase: s = +1 where sum_i d_i >= 0, else -1;  M_i = sign(d_i) == s  (zeros never agree)
+    result = b + sum_i w_i M_i d_i / max(sum_i w_i M_i, 1e-6)
+
+The selection is an exact top-k of a score that is never held whole (``selection``): the
+variance is recomputed per block. Equal variances at the cut-off go lowest index first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import primitives as P
+from mergesearch.merging.methods import sparsifiers as SP
+from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.methods.selection import TopK, blocks, select_top_k
+
+WEIGHT_SUM_FLOOR = 1e-6  # below it the energies are noise: equal weights
+DIVISOR_FLOOR = 1e-6
+
+
+def _task_vectors(deltas: list[SP.Delta], sl: slice) -> list[torch.Tensor]:
+    acc = P.accumulation_dtype(deltas[0].b.dtype)
+    return [d.block(sl).to(acc) for d in deltas]
+
+
+def variance(deltas: list[SP.Delta], sl: slice) -> torch.Tensor:
+    """Per-element population variance over the models of the task vectors in ``sl``."""
+    return P.population_variance(_task_vectors(deltas, sl))
+
+
+def select(deltas: list[SP.Delta], select_topk: float) -> TopK | None:
+    """The top-k-variance rule, or ``None`` when every element is kept."""
+    if select_topk >= 1:
+        return None
+    n = deltas[0].numel
+    if select_topk <= 0:
+        return select_top_k(lambda sl: variance(deltas, sl), n, 0)
+    nonzero = sum(int(torch.count_nonzero(variance(deltas, sl))) for sl in blocks(n))
+    return select_top_k(lambda sl: variance(deltas, sl), n, int(nonzero * select_topk))
+
+
+def sce(
+    inputs: list[torch.Tensor],
+    base: torch.Tensor | None,
+    per_model: list[dict[str, float]],
+    params: Mapping[str, Any],
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    if base is None:
+        raise ConfigError("sce needs base_model: task vectors are x_i - base")
+    if not inputs:
+        return base
+    b = base.detach().reshape(-1)
+    deltas = [SP.Delta(x.detach().reshape(-1), b, tuple(base.shape)) for x in inputs]
+    n = b.numel()
+    rule = select(deltas, float(params["select_topk"]))
+    if rule is not None and rule.tie_limit == 0:  # keeps nothing: every d_i is zeroed
+        return base
+
+    # calculate: the selected energy of each task vector (the selection mask kept, as bools)
+    keep = torch.empty(n, dtype=torch.bool) if rule is not None else None
+    energy = [0.0] * len(deltas)
+    for sl in blocks(n):
+        if keep is not None and rule is not None:
+            keep[sl] = rule.mask(variance(deltas, sl), sl.start)
+        for i, d in enumerate(_task_vectors(deltas, sl)):
+            if keep is not None:
+                d = d.mul_(keep[sl])
+            energy[i] += float(P.dot(d, d))
+    energy = [e / n for e in energy]
+    total = sum(energy)
+    weights = (
+        [1.0 / len(deltas)] * len(deltas)
+        if abs(total) < WEIGHT_SUM_FLOOR
+        else [e / total for e in energy]
+    )
+
+    # erase and average, block by block
+    out = torch.empty_like(b)
+    for sl in blocks(n):
+        ds = _task_vectors(deltas, sl)
+        if keep is not None:
+            ds = [d.mul_(keep[sl]) for d in ds]
+        total_d = ds[0]
+        for d in ds[1:]:
+            total_d = total_d + d
+        positive = total_d >= 0
+        mixed = divisor = None
+        for d, w in zip(ds, weights, strict=True):
+            erased = torch.where(positive, d > 0, d < 0).to(d.dtype).mul_(w)  # w_i M_i
+            term = d.mul_(erased)
+            mixed = term if mixed is None else mixed.add_(term)
+            divisor = erased if divisor is None else divisor.add_(erased)
+        assert mixed is not None and divisor is not None
+        torch.add(b[sl], mixed.div_(divisor.clamp_(min=DIVISOR_FLOOR)), out=out[sl])
+    return out.reshape(base.shape)
+
+
+register(
+    MergeMethod(
+        name="sce",
+        fn=sce,
+        base=BaseRole.REQUIRED,
+        global_params={
+            "select_topk": 1.0,
+            "int8_mask": False,  # accepted for mergekit compatibility; masks here are bool
+        },
+        min_inputs=0,  # with no other model the result is the base, as in mergekit
+        description="top-variance selection, energy weights and sign erase of task vectors (SCE)",
+        paper="https://arxiv.org/abs/2408.07990",
+    )
+)

@@ -1,0 +1,136 @@
+"""The ``auto`` strategy: a bandit over merge methods with a sampler inside each method."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mergesearch.search import attrs as A
+from mergesearch.search import run_search
+from mergesearch.search.optimize.portfolio import MethodRecord, PortfolioSampler, allocate
+from tests.helpers import probe
+from tests.helpers.specs import make_spec
+
+# ---------------------------------------------------------------------- allocation (pure)
+
+
+def play(means: dict[str, float], trials: int, *, warmup: int = 2, patience: int = 8):
+    """Allocate ``trials`` trials; a method's n-th trial scores its mean plus a small rise."""
+    records = [MethodRecord(name) for name in means]
+    order = []
+    for _ in range(trials):
+        name = allocate(records, warmup=warmup, patience=patience)
+        record = next(r for r in records if r.name == name)
+        record.values.append(means[name] + 0.001 * record.n)
+        order.append(name)
+    return order, {r.name: r.n for r in records}
+
+
+def test_every_method_gets_its_warmup_before_any_gets_more():
+    order, _ = play({"a": 0.1, "b": 0.5, "c": 0.3}, 9, warmup=3)
+    assert sorted(order[:9]) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+
+
+def test_the_worse_half_stops_at_each_rung_and_the_leader_takes_the_rest():
+    order, counts = play({"a": 0.1, "b": 0.5, "c": 0.3}, 40, warmup=2, patience=1000)
+    assert counts["a"] == 2  # last at rung 0: only its warm-up
+    assert counts["c"] == 8  # two go on until rung 2 (4 x warm-up), then only the best
+    assert counts["b"] == 30
+    assert order[-10:] == ["b"] * 10
+
+
+def test_a_stalled_leader_lets_the_runner_up_try_again():
+    records = [MethodRecord("lead", [0.9] * 3 + [0.5] * 20), MethodRecord("next", [0.8] * 8)]
+    assert allocate(records, warmup=2, patience=8) == "next"
+    records[0].values.append(0.95)  # the leader moves: it goes on
+    assert allocate(records, warmup=2, patience=8) == "lead"
+
+
+def test_a_method_that_always_fails_gets_only_its_warmup():
+    records = [MethodRecord("broken", [None, None]), MethodRecord("ok", [0.2, 0.3])]
+    picks = set()
+    for _ in range(20):
+        name = allocate(records, warmup=2, patience=100)
+        picks.add(name)
+        next(r for r in records if r.name == name).values.append(0.3 if name == "ok" else None)
+    assert picks == {"ok"}
+    assert records[1].best_within() == 0.3
+    assert records[0].best_within() == -math.inf
+
+
+# ---------------------------------------------------------------------- inside real searches
+
+
+def _by_method(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    out: dict[str, list] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if A.BASELINE in trial.user_attrs:
+            continue
+        out.setdefault(trial.params["method"], []).append(trial)
+    return out
+
+
+def test_auto_gives_each_method_its_default_point_first(family, tmp_path):
+    spec = make_spec(family, tmp_path, sampler={"name": "auto", "seed": 3}, budget={"trials": 20})
+    result = run_search(spec, progress=False, heldout=False)
+    assert "PortfolioSampler" in repr(result.study.sampler)
+    methods = _by_method(result.study)
+    assert set(methods) == {"ties", "linear"}
+    assert all(len(trials) >= 2 for trials in methods.values())
+    first_ties = methods["ties"][0].params
+    # ties' own default lambda (1.0) and density (1.0) inside the ranges; weights mid-range
+    assert first_ties["lambda"] == 1.0
+    assert first_ties["density.a"] == first_ties["density.b"] == 1.0
+    assert first_ties["weight.a"] == first_ties["weight.b"] == pytest.approx(0.55)
+    # the method each trial was given is recorded for the other workers
+    assert all(t.system_attrs[A.PORTFOLIO_METHOD] == m for m, ts in methods.items() for t in ts)
+
+
+def test_parameters_a_method_ignores_stay_fixed(family, tmp_path):
+    spec = make_spec(family, tmp_path, sampler={"name": "auto"}, budget={"trials": 16})
+    study = run_search(spec, progress=False, heldout=False).study
+    linear = _by_method(study)["linear"]
+    assert len({(t.params["density.a"], t.params["lambda"]) for t in linear}) == 1
+
+
+def test_a_spec_with_one_method_behaves_like_a_plain_sampler(family, tmp_path):
+    studies = {}
+    for name in ("auto", "cmaes"):
+        spec = make_spec(
+            family,
+            tmp_path / name,
+            methods=["ties"],
+            sampler={"name": name, "seed": 5},
+            budget={"trials": 10},
+        )
+        (tmp_path / name).mkdir()
+        studies[name] = run_search(spec, progress=False, heldout=False).study
+    params = {n: [t.params for t in s.trials if t.params] for n, s in studies.items()}
+    assert params["auto"] == params["cmaes"]
+    assert "PortfolioSampler" not in repr(studies["auto"].sampler)
+
+
+def test_a_resumed_study_goes_on_with_the_allocation_it_had(family, tmp_path):
+    spec = make_spec(family, tmp_path, sampler={"name": "auto"}, budget={"trials": 24})
+    probe.INTERRUPT_ON_CALL = 12
+    with pytest.raises(KeyboardInterrupt):
+        run_search(spec, progress=False, heldout=False)
+    probe.INTERRUPT_ON_CALL = None
+    study = run_search(spec, progress=False, heldout=False).study
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 24
+    methods = _by_method(study)
+    # each method's default point was tried once: the resumed run did not warm up again
+    for trials in methods.values():
+        firsts = [t for t in trials if t.params == trials[0].params]
+        assert len(firsts) == 1
+    finished = [t for ts in methods.values() for t in ts if t.state == TrialState.COMPLETE]
+    assert len(finished) == 20  # 24 minus 4 baselines
+
+
+def test_portfolio_refuses_an_unknown_inner_sampler():
+    with pytest.raises(ValueError, match="inner sampler 'nope'"):
+        PortfolioSampler(methods=["a"], used={"a": []}, distributions={}, defaults={}, inner="nope")
