@@ -1,5 +1,5 @@
 """The seven newer mergekit methods (multislerp, karcher, sce, nearswap, arcee_fusion, ram,
-ramplus_tl): golden values from plain float64 references of their math (``docs/``), and
+ramplus_tl): golden values from plain float64 references of their math (``docs/METHODS.md``), and
 invariants.
 
 Each ``ref_*`` works on whole tensors in numpy float64, with no blocks, Gram matrices or
