@@ -29,9 +29,11 @@ def multislerp_coefficients(g: torch.Tensor, weights: torch.Tensor, eps: float) 
     """Coefficients ``a`` with ``result = sum a_i v_i``, from the Gram matrix of the ``v_i``.
 
     Weighted unit vectors that cancel out (``|m| < eps``) leave no direction: two models then
-    lerp (``a = w``), more are an error.
+    lerp (``a = w``), more are an error. Task vectors that are all zero give the base back.
     """
     norms = g.diagonal().clamp(min=0).sqrt()
+    if bool((norms < eps).all()):  # no model moved this tensor (e.g. a layer no fine-tune
+        return torch.zeros_like(weights)  # touched): the result is the base itself
     units = weights / (norms + eps)  # m = sum w_i u_i = sum (w_i / (|v_i| + eps)) v_i
     mean_norm = P.span_norm(units, g)
     if mean_norm < eps:

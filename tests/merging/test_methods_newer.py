@@ -96,9 +96,9 @@ def test_multislerp_one_model_is_returned_and_two_opposite_ones_lerp():
 
 def test_multislerp_refuses_cancelling_directions_and_zero_weight_sums():
     base, d = rand(6, seed=7), rand(6, seed=8)
-    three = [base, base.clone(), base.clone()]  # three zero task vectors: no direction
+    three = [base + d, base - d, base + d]  # weighted directions that cancel: no direction
     with pytest.raises(ConfigError, match="sum to zero"):
-        run("multislerp", three, base=base, per_model=weights(1, 1, 1))
+        run("multislerp", three, base=base, per_model=weights(1, 2, 1))
     with pytest.raises(ConfigError, match="normalize_weights"):
         run("multislerp", [base + d, base - d], base=base, per_model=weights(1.0, -1.0))
 
@@ -385,3 +385,14 @@ def test_ram_invariants(name):
         run(name, xs, base=base, epsilon=0.1), run(name, xs[::-1], base=base, epsilon=0.1)
     )
     assert run(name, [], base=base) is base
+
+
+def test_multislerp_gives_the_base_where_no_model_moved_a_tensor():
+    from mergesearch.merging.methods import get_method
+
+    base = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    method = get_method("multislerp")
+    per_model = [{"weight": 1.0}, {"weight": 2.0}, {"weight": 1.0}]
+    params = {"normalize_weights": True, "eps": 1e-8}
+    out = method.fn([base.clone(), base.clone(), base.clone()], base, per_model, params, None)
+    assert torch.equal(out, base)
