@@ -133,6 +133,12 @@ class LMEvalEvaluator:
                 selected.append(f"{task}/{metric}")
         return selected
 
+    def metric_names(self) -> dict[str, set[str]]:
+        """``{task: {"metric,filter", ...}}`` each loaded task produces, known before any call
+        (a search checks its objectives against it before the study exists). Groups are left
+        out: their keys exist only after a run."""
+        return {name: set(produced) for name, produced in self._produced.items()}
+
     def _selection(self, name: str, limit: int | None, samples: Sequence[int] | None) -> list[int]:
         """The document indices of one task that a call scores, in order."""
         n_docs = len(self.tasks[name].eval_docs)
@@ -159,7 +165,8 @@ class LMEvalEvaluator:
         if built is None or built[0] < needed:
             task = self.tasks[name]
             whole = needed >= len(task.eval_docs)
-            task.build_all_requests(limit=None if whole else needed)
+            with runtime.quiet_bars("lm_eval.api.task"):
+                task.build_all_requests(limit=None if whole else needed)
             by_doc: dict[int, list] = defaultdict(list)
             for inst in task.instances:
                 by_doc[inst.doc_id].append(inst)

@@ -7,10 +7,14 @@ imported yet, module constants for what is) and set torch's thread count from on
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
+from mergesearch import VERBOSE_ENV
 from mergesearch.evaluators.errors import EvaluatorError
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -31,6 +35,21 @@ def force_offline() -> None:
         datasets_config.HF_DATASETS_OFFLINE = True
 
 
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def _silence_datasets() -> None:
+    """``datasets`` draws a bar for every local JSON split it loads ("Generating test split"):
+    noise between a search's own progress lines."""
+    try:
+        import datasets
+    except ImportError:
+        return
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
 def configure(threads: int | None = None) -> None:
     """Apply the evaluator process settings; ``threads=None`` keeps torch's current count.
 
@@ -39,8 +58,10 @@ def configure(threads: int | None = None) -> None:
     unless the user turned it on.
     """
     force_offline()
-    for name, level in LIBRARY_LOG_LEVELS.items():
-        logging.getLogger(name).setLevel(level)
+    if not verbose():
+        for name, level in LIBRARY_LOG_LEVELS.items():
+            logging.getLogger(name).setLevel(level)
+        _silence_datasets()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threads is not None:
         if threads < 1:
@@ -48,3 +69,19 @@ def configure(threads: int | None = None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def quiet_bars(module_name: str) -> Iterator[None]:
+    """Inside, ``module_name``'s tqdm bars are off (lm-eval draws one, unlabelled, per task
+    whenever it builds requests, with no switch of its own); ``--verbose`` keeps them."""
+    module = sys.modules.get(module_name)
+    original = getattr(module, "tqdm", None)
+    if verbose() or original is None:
+        yield
+        return
+    module.tqdm = functools.partial(original, disable=True)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        module.tqdm = original  # type: ignore[union-attr]

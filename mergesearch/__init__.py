@@ -8,3 +8,6 @@ holds only what belongs to the namespace itself: the version and ``python -m mer
 """
 
 __version__ = "0.2.0"
+
+# set (by `mergesearch --verbose`): third-party libraries may print their bars and notices
+VERBOSE_ENV = "MERGESEARCH_VERBOSE"

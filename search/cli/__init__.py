@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from mergesearch import __version__
+from mergesearch import VERBOSE_ENV, __version__
 from mergesearch.search.cli.output import closed_output, hidden_passwords, hide_passwords
 
 # name -> (module, one-line help)
@@ -73,10 +74,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="let third-party libraries print their progress bars and notices",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+        sub_parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
         if name == command:
             module = importlib.import_module(module_name)
             module.add_arguments(sub_parser)
@@ -105,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by the evaluators' process settings
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(hidden_passwords)

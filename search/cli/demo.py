@@ -16,6 +16,8 @@ from typing import Any
 
 from mergesearch.configs import SEARCHES_DIR
 from mergesearch.search.cli.checks import at_least_one
+from mergesearch.search.distributed.locks import file_of
+from mergesearch.search.distributed.urls import hide_password
 from mergesearch.search.optimize.registry import SAMPLER_NAMES
 
 DEMO_SPEC = SEARCHES_DIR / "demo.yaml"
@@ -69,17 +71,23 @@ def run(args: argparse.Namespace) -> int:
         build_demo_family,
         default_demo_dir,
         load_demo_family,
+        shipped_family,
     )
+    from mergesearch.search.optimize.outcome import refuse_all_failed
     from mergesearch.search.optimize.study import run_search
 
     _check_flags(args)
     started = time.perf_counter()
     root = default_demo_dir() / f"seed{args.seed}"
-    if load_demo_family(root, DemoRecipe(), args.seed) is None:
-        print(f"building the demo family in {root} (a few minutes on one core) ...", flush=True)
-    # the search scores the sources itself (baselines): skip the family's own table
-    family = build_demo_family(seed=args.seed, threads=args.threads, evaluate=False)
-    how = "cached" if family.cached else f"built in {time.perf_counter() - started:.0f} s"
+    family = shipped_family(args.seed)
+    if family is not None:
+        how = "shipped with mergesearch"
+    else:
+        if load_demo_family(root, DemoRecipe(), args.seed) is None:
+            print(f"building the demo family in {root} (a few minutes on one core) ...", flush=True)
+        # the search scores the sources itself (baselines): skip the family's own table
+        family = build_demo_family(seed=args.seed, threads=args.threads, evaluate=False)
+        how = "cached" if family.cached else f"built in {time.perf_counter() - started:.0f} s"
     print(f"demo family seed {args.seed} at {family.root} ({how})")
     data = demo_spec(family, args.seed)
     if args.fresh:
@@ -97,8 +105,16 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(verdict(result.summary, list(family.specialists)))
     took = time.perf_counter() - started
-    print(f"\nstudy {result.spec.name!r} in {result.storage_url}; demo took {took:.0f} s")
-    print(f"inspect it: mergesearch status {Path(result.storage_url.split(':///', 1)[-1]).parent}")
+    print(
+        f"\nstudy {result.spec.name!r} in {hide_password(result.storage_url)}; demo took {took:.0f} s"
+    )
+    study_file = file_of(result.storage_url)
+    target = study_file.parent if study_file else hide_password(result.storage_url)
+    print("look closer:")
+    print(f"  mergesearch status {target}      # every trial, best so far, items spent")
+    print(f"  mergesearch report {target}      # report.html with plots")
+    print(f"  mergesearch export {target}      # the best merge as a model folder + YAML + card")
+    refuse_all_failed(result.study)
     return 0
 
 

@@ -371,16 +371,14 @@ def build_demo_family(
 
 def check_family_folder(root: Path) -> None:
     """A rebuild replaces ``root``: refuse (exit 2) unless it is a new or empty folder or a demo
-    family (it holds the manifest), and never the working directory, the home folder or a
-    folder holding them (``merging.outputs``)."""
+    family (it holds the manifest), and never a file, the working directory, the home folder
+    or a folder holding them (``merging.outputs``)."""
     check_output(root, [], flag="demo family")
     if root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).is_file():
         raise ConfigError(
             f"{root}: holds files but no demo family ({MANIFEST}); the demo replaces only its "
             "own folders: choose another --out"
         )
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"{root}: is a file; choose another --out for the demo family")
 
 
 def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
@@ -485,6 +483,18 @@ def load_demo_family(
         build_seconds=manifest.get("build_seconds", 0.0),
         cached=True,
     )
+
+
+def shipped_family(seed: int, recipe: DemoRecipe | None = None) -> DemoFamily | None:
+    """The family that ships with the package for ``seed`` (with the default recipe), if any.
+
+    Training is not bit-reproducible across CPUs (summation order), so the demo starts from
+    these weights: every machine then sees the same base, specialists and scores. It is read in
+    place and never written to.
+    """
+    from mergesearch.configs import DEMO_FAMILY_DIR
+
+    return load_demo_family(DEMO_FAMILY_DIR / f"seed{seed}", recipe or DemoRecipe(), seed)
 
 
 def _write_json(path: Path, data: dict) -> None:

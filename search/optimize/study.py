@@ -30,6 +30,7 @@ import yaml
 from optuna.trial import TrialState
 
 from mergesearch import merging
+from mergesearch.evaluators import runtime
 from mergesearch.search import attrs as A
 from mergesearch.search.distributed.budget import (
     BudgetSpent,
@@ -48,6 +49,7 @@ from mergesearch.search.distributed.storage import (
 )
 from mergesearch.search.distributed.urls import hide_password
 from mergesearch.search.errors import SpecError, TrialFailed
+from mergesearch.search.optimize import attachments, versions
 from mergesearch.search.optimize.objective import LiveModel, TrialRunner
 from mergesearch.search.optimize.preflight import check_against_sources
 from mergesearch.search.optimize.progress import Progress
@@ -85,15 +87,20 @@ def run_search(
     *,
     progress: bool = True,
     heldout: bool = True,
+    allow_spec_change: bool = False,
     **overrides: Any,
 ) -> SearchResult:
     """Run (or resume) the search a spec describes.
 
     ``overrides`` take the command-line flags: ``storage``, ``study_name``, ``n_trials``,
     ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``, ``heartbeat``, ``grace_period``.
+    A resume whose objectives or sources differ from the study's is refused unless
+    ``allow_spec_change``: then the study records a new spec version (``optimize.versions``).
     """
     started = time.perf_counter()
     spec = load_spec(spec_or_path, **overrides)
+    if not runtime.verbose():  # Optuna's "A new study created" and the like
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(spec.threads)
     url = spec.storage or default_storage_url(spec.name)
     merger = merging.Merger(cache_bytes=int(spec.cache_gb * 2**30))
@@ -101,14 +108,15 @@ def run_search(
     # sources before storage: a refused spec leaves no empty study behind
     num_layers = _check_sources(spec, merger, baselines)
     check_against_sources(spec, merger, num_layers)
+    # evaluators (tasks, metrics) before storage too: a typo leaves no study behind
+    scorer = Scorer(spec)
     storage = open_storage(
         url, heartbeat_interval=spec.heartbeat.interval, grace_period=spec.heartbeat.grace
     )
     lock = lock_for(storage, url, spec.name)
     space = SearchSpace(spec, num_layers)
-    scorer = Scorer(spec)
     with lock:  # N workers starting at once: one creates the study and enqueues the baselines
-        study = _open_study(spec, space, scorer, storage, url)
+        study, version = _open_study(spec, space, scorer, storage, url, allow_spec_change)
         # A dead worker's baseline is re-queued by its retry, not by _enqueue_baselines.
         fail_stale_trials(study)
         if lock.reliable:
@@ -116,7 +124,7 @@ def run_search(
             reap_dead_here(study, retry_once())  # a worker of this machine killed: no waiting
         remaining = spec.budget.trials - spent(study.get_trials(deepcopy=False))
         if spec.baselines and remaining > 0:
-            _enqueue_baselines(study, baselines)
+            _enqueue_baselines(study, baselines, version)
     log.info(
         "study %r in %s: %d trial(s) so far, sampler %s",
         spec.name,
@@ -132,7 +140,7 @@ def run_search(
         poll_seconds=min(spec.heartbeat.interval, 5),
         retry=retry_once(),
     )
-    runner = TrialRunner(spec, space, scorer, LiveModel(merger), baselines)
+    runner = TrialRunner(spec, space, scorer, LiveModel(merger), baselines, spec_version=version)
     # Always enter the loop: with the budget handed out, trials running on other workers may
     # still die and need a retry here; ``ask`` returns at once when there is nothing to wait for.
     bar = Progress(max(remaining, 0) or None, enabled=progress, scorer=scorer)
@@ -155,7 +163,7 @@ def run_search(
         except KeyboardInterrupt:
             if spec.baselines:  # an interrupted baseline waits in the queue for the other workers
                 with lock:
-                    _enqueue_baselines(study, baselines)
+                    _enqueue_baselines(study, baselines, version)
             raise
         finally:
             bar.close()
@@ -186,7 +194,7 @@ def _check_sources(
         try:
             out = merger.output_config(baselines[name])
         except merging.ConfigError as err:
-            key = "sources.base" if name == "base" else f"sources.models.{name}"
+            key = "sources.base" if name == spec.sources.base_name else f"sources.models.{name}"
             raise SpecError(f"{spec.source}: {key}: {err}") from None
         depths[name] = int(getattr(out, "num_hidden_layers", 0) or 0)
     for name, data in baselines.items():  # the average: do the sources merge with each other?
@@ -200,8 +208,14 @@ def _check_sources(
 
 
 def _open_study(
-    spec: SearchSpec, space: SearchSpace, scorer: Scorer, storage: Any, url: str
-) -> optuna.Study:
+    spec: SearchSpec,
+    space: SearchSpace,
+    scorer: Scorer,
+    storage: Any,
+    url: str,
+    allow_spec_change: bool = False,
+) -> tuple[optuna.Study, int]:
+    """The study, created or resumed, and the spec version its new trials run under."""
     directions = scorer.study_directions()
     study = optuna.create_study(
         study_name=spec.name,
@@ -226,24 +240,27 @@ def _open_study(
             "another search space "
             f"(parameter {changed!r} differs); use another study name or the original spec"
         )
-    if A.SPACE not in attrs:
+    new = A.SPACE not in attrs
+    if new:
         study.set_user_attr(A.SPEC, spec.to_yaml())
-        study.set_user_attr(A.SOURCES, {n: spec.sources.path(n) for n in spec.sources.names()})
         study.set_user_attr(A.SPACE, fingerprint)
         study.set_user_attr(A.METHOD_PARAMS, space.used)
-        study.set_user_attr(
-            A.OBJECTIVES,
-            [
-                {
-                    "name": o.name,
-                    "weight": o.weight,
-                    "direction": scorer.directions[o.name],
-                    "splits": sorted(o.splits),
-                }
-                for o in spec.objectives
-            ],
+    prints = versions.fingerprint(spec, scorer.directions)
+    version, change = versions.record(study, spec, prints, allow_change=allow_spec_change)
+    if change is not None and not allow_spec_change:
+        raise SpecError(
+            f"{spec.source}: study {spec.name!r} in {hide_password(url)} was scored under "
+            f"another spec: {change}; pass --allow-spec-change (allow_spec_change=True) to go "
+            "on under this one (new trials are ranked among themselves), or use another "
+            "study name"
         )
-        study.set_user_attr(A.COMBINE, spec.combine)
+    if change is not None:
+        log.warning("spec version %d from trial %d on: %s", version, len(study.trials), change)
+    if new or change is not None:
+        _describe_objectives(study, spec, scorer)
+    sampler_name = resolve_sampler_name(spec, space)
+    if attrs.get(A.SAMPLER) != sampler_name:
+        study.set_user_attr(A.SAMPLER, sampler_name)
     # A resumed study gets a different sampler seed, or a seeded sampler would replay (and
     # the de-duplication answer) the proposals of the first run; so does each worker that joins
     # (the first process keeps the spec's seed: a one-process search stays reproducible).
@@ -254,21 +271,48 @@ def _open_study(
     study.sampler = make_sampler(
         spec, space, seed, search_budget=max(spec.budget.trials - n_baselines, 1)
     )
-    return study
+    return study, version
 
 
-def _enqueue_baselines(study: optuna.Study, baselines: dict[str, dict[str, Any]]) -> None:
-    """Enqueue each baseline unless it ran, runs or waits already. (``skip_if_exists`` cannot
-    tell baselines apart, as none has parameters, and would also skip interrupted ones.)"""
+def _describe_objectives(study: optuna.Study, spec: SearchSpec, scorer: Scorer) -> None:
+    """What status, report, export and the dashboard read about the (current) objectives."""
+    study.set_user_attr(A.SOURCES, {n: spec.sources.path(n) for n in spec.sources.names()})
+    study.set_user_attr(
+        A.OBJECTIVES,
+        [
+            {
+                "name": o.name,
+                "weight": o.weight,
+                "direction": scorer.directions[o.name],
+                "splits": sorted(o.splits),
+            }
+            for o in spec.objectives
+        ],
+    )
+    study.set_user_attr(A.COMBINE, spec.combine)
+    names = [o.name for o in spec.objectives]
+    attachments.name_metrics(
+        study, names if len(names) == len(study.directions) else ["weighted score"]
+    )
+    attachments.save_spec_note(study)
+
+
+def _enqueue_baselines(
+    study: optuna.Study, baselines: dict[str, dict[str, Any]], version: int
+) -> None:
+    """Enqueue each baseline unless it ran under this spec version, runs or waits already.
+    (``skip_if_exists`` cannot tell baselines apart, as none has parameters, and would also
+    skip interrupted ones.) A waiting baseline runs under the version of whoever takes it."""
     live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
     present = {
         t.user_attrs.get(A.BASELINE)
         for t in study.get_trials(deepcopy=False, states=live)
         if is_baseline(t)
+        and (t.state == TrialState.WAITING or versions.version_of(t) == version)
     }
     for name in baselines:
         if name not in present:
-            study.enqueue_trial({}, user_attrs={A.BASELINE: name})
+            study.enqueue_trial({}, user_attrs={A.BASELINE: name, A.SPEC_VERSION: version})
 
 
 # ---------------------------------------------------------------------- held-out scores
@@ -280,9 +324,8 @@ def score_heldout(study: optuna.Study, spec: SearchSpec, scorer: Scorer, live: L
     if not splits:
         return
     stored = dict(study.user_attrs.get(A.HELDOUT, {}))
-    wanted = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_baseline(t)
-    ]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    wanted = versions.of_current(study, [t for t in done if is_baseline(t)])
     wanted += best_trials(study, MAX_HELDOUT_TRIALS)
     changed = False
     for trial in wanted:
@@ -306,9 +349,14 @@ def score_heldout(study: optuna.Study, spec: SearchSpec, scorer: Scorer, live: L
 
 
 def _weighted(scorer: Scorer, values: dict[str, float]) -> float:
-    """The held-out counterpart of the study value (a weighted mean for Pareto searches)."""
-    if scorer.spec.combine == "weighted_sum" and all(o.name in values for o in scorer.objectives):
-        return scorer.combine(values)[0]
+    """The held-out counterpart of the study value: the weighted sum of the objectives scored,
+    a minimised one negated when the study maximises (a Pareto study counts as maximising),
+    as status and report compute "weighted" from the search scores."""
+    reference = "maximize" if scorer.spec.combine == "pareto" else scorer.study_directions()[0]
     present = [o for o in scorer.objectives if o.name in values]
-    total = sum(o.weight for o in present)
-    return sum(o.weight * values[o.name] for o in present) / total if total else math.nan
+    if not present:
+        return math.nan
+    return sum(
+        (1.0 if scorer.directions[o.name] == reference else -1.0) * o.weight * values[o.name]
+        for o in present
+    )
