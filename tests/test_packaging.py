@@ -216,6 +216,20 @@ def test_demo_help(installed: Installed):
     assert "--n-trials" in _ok(installed.mergesearch("demo", "--help"))
 
 
+def test_the_shipped_demo_family_loads_from_the_wheel(installed: Installed):
+    out = _ok(
+        installed.run(
+            "-c",
+            "from mergesearch.search.demo.family import shipped_family;"
+            "f = shipped_family(0); print(f.base); print(sorted(f.specialists))",
+        )
+    )
+    base, specialists = out.splitlines()
+    assert Path(base).is_relative_to(installed.site)
+    assert (Path(base) / "model.safetensors").is_file()
+    assert specialists == "['rev', 'up']"
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> list[Path]:
     return make_llama_family(tmp_path_factory.mktemp("wheel-models"), n_models=3, seed=0)
