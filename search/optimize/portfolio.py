@@ -27,7 +27,7 @@ study goes on where it stopped.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mergesearch.search import attrs as A
 from mergesearch.search.optimize.ranges import middle
+from mergesearch.search.optimize.views import FilteredStudy
 
 METHOD_PARAM = "method"
 INNER_SAMPLERS: dict[str, Callable[[int, int], BaseSampler]] = {
@@ -117,23 +118,6 @@ def warmup_for(budget: int | None, n_methods: int) -> int:
 # --------------------------------------------------------------------------- the sampler
 
 
-class _MethodView(optuna.Study):
-    """The study as one method's sampler sees it: only that method's trials."""
-
-    def __init__(self, study: optuna.Study, keep: Callable[[FrozenTrial], bool]):
-        self.__dict__.update(study.__dict__)  # share the live state, no super().__init__
-        self._wrapped, self._keep = study, keep
-
-    def _get_trials(
-        self,
-        deepcopy: bool = True,
-        states: Container[TrialState] | None = None,
-        use_cache: bool = False,
-    ) -> list[FrozenTrial]:
-        trials = self._wrapped._get_trials(deepcopy, states, use_cache)
-        return [t for t in trials if self._keep(t)]
-
-
 class PortfolioSampler(BaseSampler):
     """A bandit over ``methods``; inside each, a sampler over the parameters it reads.
 
@@ -209,7 +193,7 @@ class PortfolioSampler(BaseSampler):
         return allocate(records, warmup=self.warmup, patience=self.patience)
 
     def _view(self, study: optuna.Study, method: str) -> optuna.Study:
-        return _MethodView(study, lambda t: self.method_of(t) == method)
+        return FilteredStudy(study, lambda t: self.method_of(t) == method)
 
     def _method(self, study: optuna.Study, trial: FrozenTrial) -> str:
         method = self.method_of(trial)

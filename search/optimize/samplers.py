@@ -15,7 +15,7 @@ sampler a view of the study without them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -27,6 +27,7 @@ from mergesearch.search import attrs as A
 from mergesearch.search.errors import SpecError
 from mergesearch.search.optimize.registry import AUTO, PRUNERS, SAMPLERS, Problem, auto_sampler
 from mergesearch.search.optimize.space import SearchSpace
+from mergesearch.search.optimize.views import FilteredStudy
 from mergesearch.search.spec.schema import SearchSpec
 
 log = logging.getLogger(__name__)
@@ -82,20 +83,8 @@ def is_baseline(trial: FrozenTrial) -> bool:
     return A.BASELINE in trial.user_attrs
 
 
-class _StudyView(optuna.Study):
-    """The same study, as seen by a sampler: baseline trials left out."""
-
-    def __init__(self, study: optuna.Study):  # no super().__init__: share the live state
-        self.__dict__.update(study.__dict__)
-
-    def _get_trials(
-        self,
-        deepcopy: bool = True,
-        states: Container[TrialState] | None = None,
-        use_cache: bool = False,
-    ) -> list[FrozenTrial]:
-        trials = super()._get_trials(deepcopy, states, use_cache)
-        return [t for t in trials if not is_baseline(t)]
+def _without_baselines(study: optuna.Study) -> optuna.Study:
+    return FilteredStudy(study, lambda trial: not is_baseline(trial))
 
 
 class HideBaselines(BaseSampler):
@@ -110,12 +99,12 @@ class HideBaselines(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self.inner.infer_relative_search_space(_StudyView(study), trial)
+        return self.inner.infer_relative_search_space(_without_baselines(study), trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self.inner.sample_relative(_StudyView(study), trial, search_space)
+        return self.inner.sample_relative(_without_baselines(study), trial, search_space)
 
     def sample_independent(
         self,
@@ -125,11 +114,11 @@ class HideBaselines(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         return self.inner.sample_independent(
-            _StudyView(study), trial, param_name, param_distribution
+            _without_baselines(study), trial, param_name, param_distribution
         )
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.inner.before_trial(_StudyView(study), trial)
+        self.inner.before_trial(_without_baselines(study), trial)
 
     def after_trial(
         self,
@@ -138,7 +127,7 @@ class HideBaselines(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        self.inner.after_trial(_StudyView(study), trial, state, values)
+        self.inner.after_trial(_without_baselines(study), trial, state, values)
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
