@@ -52,6 +52,10 @@ class Evaluator(Protocol):
         """Whether a higher or a lower value of ``metric`` is better."""
         ...
 
+    # Optional: ``metric_names() -> {task: {metric, ...}}``, the metrics each task produces,
+    # known before any call (lm-eval reads them from the task configs). A search then checks
+    # its objectives' metric names before the study exists; without it, at the first trial.
+
 
 EvaluatorFactory = Callable[..., Evaluator]
 EVALUATORS: dict[str, EvaluatorFactory] = {}

@@ -110,6 +110,10 @@ class PerplexityEvaluator:
     def direction(self, metric: str) -> Direction:
         return "minimize"
 
+    def metric_names(self) -> dict[str, set[str]]:
+        """What every call returns, known before any (see ``Evaluator``)."""
+        return {self.task: {"perplexity", "bits_per_byte"}}
+
     def _windows_for(self, model: Any, tokenizer: Any) -> list[tuple[list[int], int]]:
         """(token ids, number of trailing tokens to score) per window, cached per tokenizer."""
         max_length = self.max_length or min(

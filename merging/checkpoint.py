@@ -213,6 +213,21 @@ class Checkpoint:
             _pread_exact(self._fd(info.file), out, info.start, info.nbytes, info.file)
         return out
 
+    def read_rows(self, name: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
+        """Rows ``[start, stop)`` of tensor ``name`` (dim 0) into ``out``, which has their shape
+        and dtype: a caller that reuses buffers reads without allocating."""
+        if self._pickle_state is not None:
+            return out.copy_(self._pickle_state[name][start:stop])
+        info = self.tensors[name]
+        if not info.shape:  # a scalar is its one "row"
+            size, offset = info.nbytes, info.start
+        else:
+            row = info.nbytes // info.shape[0] if info.shape[0] else 0
+            size, offset = (stop - start) * row, info.start + start * row
+        if size:
+            _pread_exact(self._fd(info.file), out, offset, size, info.file)
+        return out
+
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
         if fd is None:

@@ -7,28 +7,35 @@ through ``_execute``: a search candidate and an exported model are made by the s
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import shutil
-import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from mergesearch.merging import buffers
+from mergesearch.merging.buffers import TensorCache as _TensorCache
+from mergesearch.merging.card import merge_card
 from mergesearch.merging.checkpoint import CheckpointSet
 from mergesearch.merging.config import MergeConfig, load_merge_config
 from mergesearch.merging.errors import ConfigError, MergeRuntimeError
 from mergesearch.merging.outputs import check_output, existing_file, source_models
 from mergesearch.merging.plan import MergePlan, TensorJob, TensorRef, _Planner
 from mergesearch.merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
-from mergesearch.merging.sinks import DiskSink, ModelSink, TensorSink, nbytes, parse_size
+from mergesearch.merging.sinks import DiskSink, ModelSink, Rows, TensorSink, nbytes, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +52,28 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 DEFAULT_SHARD_SIZE = "5G"
+MERGEKIT_YAML = "mergekit_config.yml"  # the name mergekit-yaml gives the config it merged
+CARD = "README.md"
 PLAN_CACHE_SIZE = 8  # a search alternates few configs; plans hold only names and parameters
 PREFETCH_JOBS = 2  # jobs read ahead beyond those being computed
+# What a merge without a cache holds in flight (inputs, results, tensors waiting to be written):
+# with the interpreter and torch, peak memory stays near this whatever the model's size.
+STREAM_BYTES = 1 << 30
+# An elementwise method merges a tensor larger than twice this in parts of about this many
+# output bytes (whole rows): a part of each input in memory, and every worker busy on one tensor.
+PART_BYTES = 32 << 20
+# Page-locked host buffers kept for copies to a GPU.
+PINNED_BYTES = 1 << 30
 
 
 class NonFiniteError(MergeRuntimeError):
     """A merged tensor holds NaN or inf: the candidate is unusable (a search fails the trial)."""
+
+
+@dataclass(frozen=True)
+class Footprint:
+    model_bytes: int  # the merged model (a live model of it holds this much)
+    largest_job_bytes: int  # the most one tensor's job holds in flight (inputs and result)
 
 
 @dataclass
@@ -66,59 +89,13 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class _TensorCache:
-    """LRU of source tensors by (model, name) whose bound also covers the jobs in flight.
+@dataclass(frozen=True)
+class _Part:
+    """What one worker merges at once: a job's whole tensor, or rows of it."""
 
-    The executor ``reserve``s the bytes of every job it starts (inputs, dtype copies, result)
-    and ``release``s them when the result has been handed over; the cache keeps
-    ``bytes + reserved <= max_bytes`` by evicting its oldest entries, so the source tensors and
-    results the engine holds never exceed the bound, whether cached or in flight (a job that
-    alone exceeds it runs alone). Inputs that are also cached count twice: the bound errs on
-    the safe side. ``max_bytes`` 0 disables both (a streaming merge holds a few jobs).
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.reserved = 0
-        self.high_water = 0  # the most bytes + reserved ever reached after eviction
-        self._items: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()  # the reader thread puts, the executor reserves
-
-    def get(self, key: tuple[str, str]) -> torch.Tensor | None:
-        with self._lock:
-            tensor = self._items.get(key)
-            if tensor is not None:
-                self._items.move_to_end(key)
-            return tensor
-
-    def put(self, key: tuple[str, str], tensor: torch.Tensor) -> None:
-        size = tensor.nbytes
-        with self._lock:
-            if key in self._items or size + self.reserved > self.max_bytes:
-                return
-            self._items[key] = tensor
-            self.bytes += size
-            self._shrink()
-
-    def has_room(self, nbytes: int) -> bool:
-        """Whether ``nbytes`` more can be reserved without passing the bound."""
-        return self.reserved + nbytes <= self.max_bytes
-
-    def reserve(self, nbytes: int) -> None:
-        with self._lock:
-            self.reserved += nbytes
-            self._shrink()
-
-    def release(self, nbytes: int) -> None:
-        with self._lock:
-            self.reserved -= nbytes
-
-    def _shrink(self) -> None:
-        while self._items and self.bytes + self.reserved > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.bytes -= old.nbytes
-        self.high_water = max(self.high_water, self.bytes + self.reserved)
+    job: TensorJob
+    rows: Rows | None = None
+    last: bool = True  # the job's last part
 
 
 class Merger:
@@ -131,15 +108,25 @@ class Merger:
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
         threads: int | None = None,
+        stream_bytes: int = STREAM_BYTES,
     ):
         self.checkpoints = CheckpointSet(allow_pickle=allow_pickle)
-        self.cache = _TensorCache(cache_bytes)
+        # Without a cache the bound is on what is in flight, and buffers are recycled within
+        # it. A cache evicts tensors of every size: the process gives freed memory back
+        # instead (``runtime``), and results go straight into the live model (``ModelSink``).
+        if cache_bytes > 0:
+            self.cache = _TensorCache(cache_bytes)
+            self.pool = buffers.BufferPool(0)
+        else:
+            self.cache = _TensorCache(stream_bytes, store=False)
+            self.pool = buffers.BufferPool(stream_bytes)
+        self._pinned: buffers.BufferPool | None = None  # made for the first GPU model
         self.trust_remote_code = trust_remote_code
         # tensors computed at once (None: torch's thread count when a merge starts)
         self.threads = threads
         # A streaming merge recycles blocks of a few sizes: worth a heap that keeps them. A
         # cache evicts tensors of every size, and such a heap would keep their holes.
-        if cache_bytes == 0:
+        if not self.cache.store:
             tune_allocator()
         else:
             release_freed_memory()
@@ -172,15 +159,28 @@ class Merger:
         model_type = data.pop("model_type")
         return AutoConfig.for_model(model_type, **data)
 
-    def new_model(self, config: MergeConfig | dict | str | Path) -> torch.nn.Module:
-        """An empty model of the merged architecture, to be filled by ``merge_into``."""
+    def new_model(
+        self, config: MergeConfig | dict | str | Path, *, device: str | torch.device = "cpu"
+    ) -> torch.nn.Module:
+        """An empty model of the merged architecture on ``device``, to be filled by
+        ``merge_into`` (made there directly: a model for a GPU never passes through host
+        memory)."""
         from transformers import AutoModelForCausalLM
 
         out_config = self.output_config(config)
-        model = AutoModelForCausalLM.from_config(
-            out_config, trust_remote_code=self.trust_remote_code, dtype=self.plan(config).out_dtype
-        )
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(
+                out_config,
+                trust_remote_code=self.trust_remote_code,
+                dtype=self.plan(config).out_dtype,
+            )
         return model.eval()
+
+    def footprint(self, config: MergeConfig | dict | str | Path) -> Footprint:
+        """What merging ``config`` holds, from the checkpoint headers alone (nothing is read)."""
+        plan = self.plan(config)
+        jobs = [self._job_bytes(plan, job) for job in plan.jobs]
+        return Footprint(plan.total_bytes, max(jobs, default=0))
 
     def load_tokenizer(self, config: MergeConfig | dict | str | Path) -> Any:
         from transformers import AutoTokenizer
@@ -202,9 +202,25 @@ class Merger:
         """Write the merged tensors into ``model`` in place (no files): the search's path."""
         config = _as_config(config)
         sink = ModelSink(model)
-        stats = self._execute(self.plan(config), sink, _seed(config, seed), progress, check_finite)
+        stats = self._execute(
+            self.plan(config),
+            sink,
+            _seed(config, seed),
+            progress,
+            check_finite,
+            results=self._results_pool(_device_of(model)),
+        )
         sink.close()
         return stats
+
+    def _results_pool(self, device: torch.device) -> buffers.BufferPool:
+        """Where merged tensors are made: host memory, page-locked for a model on a GPU (its
+        copies then run without blocking the merge)."""
+        if device.type != "cuda":
+            return self.pool
+        if self._pinned is None:
+            self._pinned = buffers.BufferPool(PINNED_BYTES, pin=True)
+        return self._pinned
 
     def merge_to_disk(
         self,
@@ -237,7 +253,10 @@ class Merger:
             except NonFiniteError:
                 self._refuse_damaged_sources(plan)
                 raise
-            _write_metadata(sink.folder, plan, config, copy_tokenizer)
+            used = _seed(config, seed)
+            if plan.method.uses_randomness and config.seed != used:  # the YAML rebuilds it
+                config = dataclasses.replace(config, seed=used)
+            _write_metadata(sink.folder, plan, config, copy_tokenizer, title=out_dir.name)
             return sink.finish()
         except OSError as err:
             raise MergeRuntimeError(
@@ -269,41 +288,98 @@ class Merger:
 
     def _job_bytes(self, plan: MergePlan, job: TensorJob) -> int:
         """What a job holds while in flight: its inputs, their compute-dtype copies, its result."""
+        return sum(self._job_shares(plan, job))
+
+    def _job_shares(self, plan: MergePlan, job: TensorJob) -> tuple[int, int]:
+        """A job's bytes in flight as (inputs and their compute-dtype copies, result)."""
         refs = [*job.inputs, *([job.base] if job.base is not None else [])]
-        total = nbytes(job.shape, plan.out_dtype) if job.mergeable else 0
+        result = nbytes(job.shape, plan.out_dtype) if job.mergeable else 0
+        if plan.method.result_in_base and job.base is not None and not self.cache.store:
+            result = 0  # computed into the base's buffer, which this merge owns
         compute = plan.compute_dtype if job.mergeable else None
+        inputs = 0
         for ref in refs:
             info = self.checkpoints.get(ref.model).tensors[ref.name]
             if info.dtype is not None:
-                total += nbytes(info.shape, info.dtype)
+                inputs += nbytes(info.shape, info.dtype)
             if compute is not None and compute != info.dtype:
-                total += nbytes(info.shape, compute)
-        return total
+                inputs += nbytes(info.shape, compute)
+        return inputs, result
 
-    def _read(self, ref: TensorRef) -> torch.Tensor:
+    def _parts(self, plan: MergePlan) -> Iterator[_Part]:
+        """Every job whole, except large tensors of an elementwise method (and plain copies)
+        in a one-off merge: those in parts of whole rows. A cache keeps tensors whole."""
+        for job in plan.jobs:
+            rows = job.shape[0] if job.shape else 0
+            size = nbytes(job.shape, self._out_dtype(plan, job))
+            if (
+                self.cache.store
+                or rows < 2
+                or size <= 2 * PART_BYTES
+                or (job.mergeable and not plan.method.elementwise)
+            ):
+                yield _Part(job)
+                continue
+            step = max(1, rows * PART_BYTES // size)
+            for start in range(0, rows, step):
+                stop = min(rows, start + step)
+                yield _Part(job, (start, stop), stop == rows)
+
+    def _part_shares(self, plan: MergePlan, part: _Part) -> tuple[int, int]:
+        inputs, result = self._job_shares(plan, part.job)
+        if part.rows is None:
+            return inputs, result
+        fraction = (part.rows[1] - part.rows[0]) / part.job.shape[0]
+        return math.ceil(inputs * fraction), math.ceil(result * fraction)
+
+    def _read(self, ref: TensorRef, rows: Rows | None = None) -> torch.Tensor:
+        """A source tensor (rows ``[start, stop)`` of it): from the cache, or read from disk
+        into a pooled buffer (which the engine gives back once the job is computed)."""
         key = (ref.model, ref.name)
-        tensor = self.cache.get(key)
-        if tensor is None:
-            tensor = self.checkpoints.get(ref.model).get(ref.name)
-            self.cache.put(key, tensor)
-        return tensor[: ref.rows] if ref.rows is not None else tensor
+        if self.cache.store:
+            tensor = self.cache.get(key)
+            if tensor is None:
+                tensor = self.checkpoints.get(ref.model).get(ref.name)
+                self.cache.put(key, tensor)
+            if rows is not None:
+                return tensor[rows[0] : rows[1]]
+            return tensor[: ref.rows] if ref.rows is not None else tensor
+        checkpoint = self.checkpoints.get(ref.model)
+        info = checkpoint.tensors[ref.name]
+        if not info.shape:
+            return checkpoint.read_rows(ref.name, 0, 1, self.pool.take((), info.dtype))
+        if rows is None:
+            rows = (0, ref.rows if ref.rows is not None else info.shape[0])
+        out = self.pool.take((rows[1] - rows[0], *info.shape[1:]), info.dtype)
+        return checkpoint.read_rows(ref.name, rows[0], rows[1], out)
 
-    def _read_job(self, job: TensorJob) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        return [self._read(r) for r in job.inputs], (self._read(job.base) if job.base else None)
+    def _read_part(self, part: _Part) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        job = part.job
+        inputs = [self._read(r, part.rows) for r in job.inputs]
+        return inputs, (self._read(job.base, part.rows) if job.base else None)
 
     def _execute(
-        self, plan: MergePlan, sink: TensorSink, seed: int, progress: bool, check_finite: bool
+        self,
+        plan: MergePlan,
+        sink: TensorSink,
+        seed: int,
+        progress: bool,
+        check_finite: bool,
+        *,
+        results: buffers.BufferPool | None = None,
     ) -> MergeStats:
         """Run every job; results reach the sink in plan order.
 
-        Three kinds of threads overlap: one reads inputs ahead (``preadv`` releases the GIL),
-        ``threads`` workers compute one tensor each with single-threaded torch ops (see
-        ``runtime``), and the disk sink writes behind. At most ``workers + PREFETCH_JOBS`` jobs
-        are in flight, which bounds memory to a few tensors.
+        Three kinds of threads overlap: one reads inputs ahead (``preadv`` releases the GIL)
+        into recycled buffers, ``threads`` workers compute one tensor (or part) each with
+        single-threaded torch ops (see ``runtime``), and the disk sink writes behind. At most
+        ``workers + PREFETCH_JOBS`` parts are in flight, and their bytes stay under the cache's
+        bound (``_TensorCache``), which bounds memory whatever the model's size.
         """
         start = time.perf_counter()
         written = 0
         workers = max(1, self.threads or torch.get_num_threads())
+        results = results or self.pool
         bar = tqdm(
             total=len(plan.jobs),
             desc=f"merge ({plan.method.name})",
@@ -311,57 +387,90 @@ class Merger:
             disable=not progress,
             leave=False,
         )
-        # with a cache, the jobs in flight count against its bound (see _TensorCache)
-        budgeted = self.cache.max_bytes > 0
-        costs = [self._job_bytes(plan, job) if budgeted else 0 for job in plan.jobs]
-        with (
-            single_threaded_ops(),
-            ThreadPoolExecutor(1, thread_name_prefix="prefetch") as reader,
-            ThreadPoolExecutor(workers, thread_name_prefix="merge") as pool,
-        ):
-            in_flight: deque[tuple[Future, int]] = deque()
-            submitted = 0
-
-            def may_start(cost: int) -> bool:
-                if len(in_flight) >= workers + PREFETCH_JOBS:
-                    return False
-                return not budgeted or not in_flight or self.cache.has_room(cost)
-
-            current = 0  # bytes reserved by the job whose result is being handed over
-            try:
-                for job in plan.jobs:
-                    while submitted < len(plan.jobs) and may_start(costs[submitted]):
-                        ahead = plan.jobs[submitted]
-                        self.cache.reserve(costs[submitted])
-                        read = reader.submit(self._read_job, ahead)
-                        computed = pool.submit(
-                            self._compute_when_read, plan, ahead, read, seed, check_finite
-                        )
-                        in_flight.append((computed, costs[submitted]))
-                        submitted += 1
-                    future, current = in_flight.popleft()
-                    result = future.result()
-                    sink.write(job.out_name, result)
-                    written += result.nbytes
-                    del result
-                    self.cache.release(current)
-                    current = 0
-                    bar.update()
-            finally:
-                self.cache.release(current)
-                for future, cost in in_flight:  # a failed merge: skip work nobody will use
-                    future.cancel()
-                    self.cache.release(cost)
-        bar.close()
+        parts = list(self._parts(plan))
+        shares = [self._part_shares(plan, part) for part in parts]
+        tickets: list[buffers.Ticket] = []
+        try:
+            with (
+                single_threaded_ops(),
+                ThreadPoolExecutor(1, thread_name_prefix="prefetch") as reader,
+                ThreadPoolExecutor(workers, thread_name_prefix="merge") as pool,
+            ):
+                in_flight: deque[tuple[Future, _Part, buffers.Ticket]] = deque()
+                submitted = 0
+                try:
+                    for _ in parts:
+                        while submitted < len(parts) and len(in_flight) < workers + PREFETCH_JOBS:
+                            cost = sum(shares[submitted])
+                            if not self.cache.has_room(cost):
+                                if in_flight:
+                                    break
+                                sink.flush()  # results the sink holds come back, then start
+                                self.cache.wait_for_room(cost)
+                            ahead = parts[submitted]
+                            self.cache.reserve(cost)
+                            ticket = buffers.Ticket(cost, self.cache.release)
+                            tickets.append(ticket)
+                            read = reader.submit(self._read_part, ahead)
+                            computed = pool.submit(
+                                self._compute_when_read,
+                                plan,
+                                ahead,
+                                read,
+                                seed,
+                                check_finite,
+                                (sink, results, ticket, shares[submitted][0]),
+                            )
+                            in_flight.append((computed, ahead, ticket))
+                            submitted += 1
+                        future, part, ticket = in_flight.popleft()
+                        result = future.result()
+                        done = partial(_hand_back, (results, self.pool), result, ticket)
+                        sink.write(part.job.out_name, result, rows=part.rows, done=done)
+                        written += result.nbytes
+                        del result
+                        if part.last:
+                            bar.update()
+                finally:
+                    for future, _, _ in in_flight:  # a failed merge: skip work nobody will use
+                        future.cancel()
+        except BaseException:
+            for ticket in tickets:
+                ticket.release()
+            self.pool.forget()
+            results.forget()
+            raise
+        finally:
+            bar.close()
         return MergeStats(time.perf_counter() - start, len(plan.jobs), written)
 
     def _compute_when_read(
-        self, plan: MergePlan, job: TensorJob, read: Future, seed: int, check_finite: bool
+        self,
+        plan: MergePlan,
+        part: _Part,
+        read: Future,
+        seed: int,
+        check_finite: bool,
+        hand: tuple[TensorSink, buffers.BufferPool, buffers.Ticket, int],
     ) -> torch.Tensor:
-        """A worker's whole share of a job: wait for its inputs, merge, check the result."""
+        """A worker's whole share of a part: wait for its inputs, merge (into the sink's
+        destination when it offers one), give the inputs back, check the result."""
+        sink, results, ticket, inputs_share = hand
+        job = part.job
         inputs, base = read.result()
-        result = self._compute(plan, job, inputs, base, seed)
+        destination = sink.destination(job.out_name, part.rows) if job.mergeable else None
+        result = self._compute(plan, job, inputs, base, seed, results, destination)
+        kept = 0  # bytes of an input the result lives in: they stay reserved until written
+        for tensor in (*inputs, base):
+            if tensor is None:
+                continue
+            if _shares_memory(tensor, result):
+                kept += tensor.nbytes
+            else:
+                self.pool.give(tensor)
+        ticket.release(max(0, inputs_share - kept))
         if check_finite and not _finite(result):
+            _hand_back((results, self.pool), result, ticket)
             raise NonFiniteError(
                 f"merged tensor {job.out_name!r} contains NaN or inf; the merge "
                 "parameters are unusable (check weights, lambda and the sources)"
@@ -375,21 +484,59 @@ class Merger:
         inputs: list[torch.Tensor],
         base: torch.Tensor | None,
         seed: int,
+        results: buffers.BufferPool | None = None,
+        destination: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Merge one tensor (or part). With ``results`` the method's result comes from there,
+        or is ``destination``, or takes the base's buffer when this merge owns it."""
         if not job.mergeable:
             return base if base is not None else inputs[0]
         dtype = plan.compute_dtype
+        sources, source_base = inputs, base
         if dtype is not None:
             inputs = [t.to(dtype) for t in inputs]
             base = base.to(dtype) if base is not None else None
+        owned = base is not None and (not self.cache.store or base is not source_base)
         generator = None
         if plan.method.uses_randomness:
             generator = torch.Generator().manual_seed(tensor_seed(seed, job.out_name))
+        lender = (
+            buffers.lending(results, destination, (base,) if owned else ())  # type: ignore[arg-type]
+            if results is not None
+            else contextlib.nullcontext()
+        )
         try:
-            result = plan.method.fn(inputs, base, job.per_model, job.params, generator)
+            with lender:
+                result = plan.method.fn(inputs, base, job.per_model, job.params, generator)
         except ConfigError as err:
             raise ConfigError(f"tensor {job.out_name!r}: {err}") from None
-        return result.to(plan.out_dtype)
+        if result.dtype == plan.out_dtype or results is None:
+            return result.to(plan.out_dtype)
+        converted = results.take(result.shape, plan.out_dtype).copy_(result)
+        # a result in an input's buffer goes back with the inputs (``_compute_when_read``)
+        if not any(_shares_memory(result, t) for t in (*sources, source_base) if t is not None):
+            _hand_back((results, self.pool), result, None)
+        return converted
+
+
+def _hand_back(
+    pools: tuple[buffers.BufferPool, ...], tensor: torch.Tensor, ticket: buffers.Ticket | None
+) -> None:
+    """The sink is done with a result: its buffer goes back to the pool it came from (the
+    results' pool, or the reads' pool when it took an input's buffer), its bytes to the bound.
+    Called once per result: a second ``give`` could return a buffer lent again since."""
+    any(pool.give(tensor) for pool in pools)
+    if ticket is not None:
+        ticket.release()
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    first = next(iter(model.state_dict().values()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _finite(tensor: torch.Tensor) -> bool:
@@ -423,12 +570,16 @@ def _check_output(
 
 
 def _write_metadata(
-    folder: Path, plan: MergePlan, config: MergeConfig, copy_tokenizer: bool
+    folder: Path, plan: MergePlan, config: MergeConfig, copy_tokenizer: bool, *, title: str
 ) -> None:
+    """Everything but the weights, written into the output before it is renamed into place:
+    the model's config, the merge's mergekit YAML and a short model card (what
+    ``mergekit-yaml`` leaves too), the generation config and the tokenizer."""
     (folder / "config.json").write_text(
         json.dumps(plan.out_config, indent=2, sort_keys=True) + "\n"
     )
-    (folder / "mergesearch_config.yml").write_text(config.to_yaml())
+    (folder / MERGEKIT_YAML).write_text(config.to_yaml())
+    (folder / CARD).write_text(merge_card(config, title), encoding="utf-8")
     generation = plan.reference.folder / "generation_config.json"
     if generation.is_file():
         shutil.copy2(generation, folder / generation.name)

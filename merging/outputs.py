@@ -6,7 +6,8 @@ config with it. ``check_output`` refuses, whatever ``--overwrite`` says, an outp
 
 - is, or contains, anything on the protected list: the working directory, the home folder,
   every source model, the config or spec file, the study's database and results folder;
-- lies inside a source model (the output would be written into it).
+- lies inside a source model (the output would be written into it);
+- is a file (an output is a folder; replacing a file is never what was meant).
 
 An output *inside* the working directory, the home folder or the results folder is the usual
 case (``results/<study>/best``) and stays allowed. Paths are compared after resolving symlinks,
@@ -76,3 +77,5 @@ def check_output(out: Path, protected: Iterable[Protected], *, flag: str = "outp
             f"{out}: {flag} folder {problem}; it is never replaced, whatever --overwrite says: "
             "choose a new folder"
         )
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{out}: is a file, not a folder; choose a folder for the output")

@@ -11,11 +11,11 @@ finished.
 from __future__ import annotations
 
 import json
-import math
 import queue
 import shutil
 import threading
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Protocol
 import torch
 
 from mergesearch.merging.atomic import cleanup_stale_temps, fsync_files, replace_dir, temp_sibling
+from mergesearch.merging.buffers import nbytes
 from mergesearch.merging.errors import ConfigError, MergeRuntimeError
 
 SAFETENSORS_NAMES = {
@@ -39,8 +40,29 @@ SAFETENSORS_NAMES = {
 }
 
 
+Rows = tuple[int, int]  # a part of a tensor: rows [start, stop) of its first dimension
+
+
 class TensorSink(Protocol):
-    def write(self, name: str, tensor: torch.Tensor) -> None: ...
+    def write(
+        self,
+        name: str,
+        tensor: torch.Tensor,
+        *,
+        rows: Rows | None = None,
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        """Take ``tensor`` (or rows ``[start, stop)`` of it, in order); call ``done`` once
+        ``tensor``'s memory may be reused."""
+        ...
+
+    def destination(self, name: str, rows: Rows | None = None) -> torch.Tensor | None:
+        """Memory the merged tensor may be computed into directly (no copy), if any."""
+        ...
+
+    def flush(self) -> None:
+        """Call the ``done`` of every write that has completed."""
+        ...
 
     def close(self) -> None: ...
 
@@ -55,35 +77,91 @@ class ModelSink:
     Tied weights (an ``lm_head`` sharing the embedding) are one tensor in the module: writing the
     embedding writes both. ``close`` checks that every tensor of the module received a value, so a
     search never evaluates a model with stale weights from the previous trial.
+
+    A parameter in host memory that no other name shares is offered as the ``destination`` of
+    its merged tensor, so the merge computes straight into the model. On a GPU, tensors arrive
+    in (pinned) host buffers and are copied without blocking; a buffer is handed back
+    (``done``) once its copy has finished, so copying overlaps the next tensor's merge.
     """
 
     def __init__(self, model: torch.nn.Module):
         self.targets: dict[str, torch.Tensor] = dict(model.state_dict(keep_vars=True))
         self.written: set[int] = set()
+        shared = Counter(t.data_ptr() for t in self.targets.values())
+        self._alone = {n for n, t in self.targets.items() if shared[t.data_ptr()] == 1}
+        self._copying: list[tuple[Any, Callable[[], None] | None]] = []  # (CUDA event, done)
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def destination(self, name: str, rows: Rows | None = None) -> torch.Tensor | None:
+        target = self.targets.get(name)
+        if target is None or name not in self._alone or target.device.type != "cpu":
+            return None
+        if not target.is_contiguous() or not target.dim():
+            return None
+        return target.data if rows is None else target.data[rows[0] : rows[1]]
+
+    def write(
+        self,
+        name: str,
+        tensor: torch.Tensor,
+        *,
+        rows: Rows | None = None,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         target = self.targets.get(name)
         if target is None:
             raise MergeRuntimeError(
                 f"merged tensor {name!r} has no counterpart in the live model; the model was built "
                 "for another architecture"
             )
-        if tuple(target.shape) != tuple(tensor.shape):
+        shape = tuple(target.shape)
+        if rows is not None:
+            shape = (rows[1] - rows[0], *shape[1:])
+        if tuple(tensor.shape) != shape:
             raise MergeRuntimeError(
                 f"merged tensor {name!r} has shape {list(tensor.shape)}, the live model expects "
-                f"{list(target.shape)}"
+                f"{list(shape)}"
             )
-        with torch.no_grad():
-            target.data.copy_(tensor)
+        dest = target.data if rows is None else target.data[rows[0] : rows[1]]
         self.written.add(target.data_ptr())
+        if _same_memory(dest, tensor):  # computed in place (``destination``)
+            if done is not None:
+                done()
+            return
+        if dest.device.type == "cuda":
+            with torch.no_grad():
+                dest.copy_(tensor, non_blocking=tensor.is_pinned())
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(dest.device))
+            self._copying.append((event, done))
+            self._finish_copies(wait=False)
+            return
+        with torch.no_grad():
+            dest.copy_(tensor)
+        if done is not None:
+            done()
+
+    def _finish_copies(self, *, wait: bool) -> None:
+        while self._copying and (wait or self._copying[0][0].query()):
+            event, done = self._copying.pop(0)
+            event.synchronize()
+            if done is not None:
+                done()
+
+    def flush(self) -> None:
+        self._finish_copies(wait=True)
 
     def close(self) -> None:
+        self.flush()
         stale = [n for n, t in self.targets.items() if t.data_ptr() not in self.written]
         if stale:
             raise MergeRuntimeError(
                 f"the merge did not produce {len(stale)} tensors of the live model "
                 f"(first: {stale[0]!r}); the model and the merge disagree on architecture"
             )
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.data_ptr() == b.data_ptr() and a.shape == b.shape
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,9 +233,14 @@ def _layout(
     return shards
 
 
-def nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    """Bytes a tensor of ``shape`` and ``dtype`` holds."""
-    return math.prod(shape) * dtype.itemsize
+@dataclass
+class _Item:
+    shard: _Shard
+    name: str
+    tensor: torch.Tensor
+    first: bool  # the tensor's first bytes
+    last: bool  # the tensor's last bytes
+    done: Callable[[], None] | None
 
 
 class DiskSink:
@@ -197,10 +280,11 @@ class DiskSink:
             ) from None
         self._order = [(shard, name) for shard in self.shards for name in shard.names]
         self._position = 0
+        self._row = 0  # rows of the current tensor already queued (written in parts)
         self._file: BinaryIO | None = None
         self._finished = False
-        # at most two tensors wait for the writer: memory stays bounded
-        self._queue: queue.Queue[tuple[_Shard, str, torch.Tensor] | None] = queue.Queue(2)
+        # a few tensors (or parts) wait for the writer; the engine's bound counts them
+        self._queue: queue.Queue[_Item | None] = queue.Queue(4)
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -209,8 +293,22 @@ class DiskSink:
         """Where the other files (config, tokenizer) go before ``finish``."""
         return self.tmp
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Queue ``tensor`` for writing (the caller must not modify it afterwards)."""
+    def destination(self, name: str, rows: Rows | None = None) -> torch.Tensor | None:
+        return None  # the bytes go to a file: the merge computes into its own buffers
+
+    def flush(self) -> None:
+        return None  # the writer thread calls each ``done`` as soon as it has written
+
+    def write(
+        self,
+        name: str,
+        tensor: torch.Tensor,
+        *,
+        rows: Rows | None = None,
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue ``tensor`` (whole, or its next rows) for writing; the caller must not modify
+        it until ``done`` is called."""
         self._raise_writer_error()
         shard, expected = self._order[self._position]
         if name != expected:
@@ -218,33 +316,43 @@ class DiskSink:
                 f"internal: tensor {name!r} written out of order (want {expected!r})"
             )
         shape, dtype = self.expected[name]
-        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+        start, stop = rows if rows is not None else (0, shape[0] if shape else 0)
+        want = (stop - start, *shape[1:]) if rows is not None else shape
+        if start != self._row or tuple(tensor.shape) != want or tensor.dtype != dtype:
             raise MergeRuntimeError(
-                f"internal: tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, planned "
-                f"{dtype} {list(shape)}"
+                f"internal: tensor {name!r} rows {start}-{stop} are {tensor.dtype} "
+                f"{list(tensor.shape)}, planned {dtype} {list(want)} from row {self._row}"
             )
-        self._position += 1
+        first = start == 0
+        last = rows is None or stop == shape[0]
+        self._row = 0 if last else stop
+        if last:
+            self._position += 1
         if self._writer is None:
             self._writer = threading.Thread(target=self._drain, name="sink-writer", daemon=True)
             self._writer.start()
-        self._queue.put((shard, name, tensor))
+        self._queue.put(_Item(shard, name, tensor, first, last, done))
 
     def _drain(self) -> None:
         """Writer thread: write queued tensors in order until the ``None`` sentinel."""
         while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._write_now(*item)
-                except BaseException as err:  # re-raised in the merging thread
-                    self._error = err
+            try:
+                if self._error is None:
+                    self._write_now(item)
+            except BaseException as err:  # re-raised in the merging thread
+                self._error = err
+            finally:
+                if item.done is not None:
+                    item.done()
 
-    def _write_now(self, shard: _Shard, name: str, tensor: torch.Tensor) -> None:
-        if shard.names[0] == name:
+    def _write_now(self, item: _Item) -> None:
+        shard = item.shard
+        if item.first and shard.names[0] == item.name:
             self._open(shard)
         assert self._file is not None
-        data = tensor.contiguous()
+        data = item.tensor.contiguous()
         self._file.write(memoryview(data.view(torch.uint8).numpy()) if data.numel() else b"")
-        if shard.names[-1] == name:
+        if item.last and shard.names[-1] == item.name:
             self._file.close()
             self._file = None
 

@@ -22,10 +22,12 @@ STAGE = "stage"  # items per task when the trial was pruned
 FAIL_REASON = "fail_reason"  # one line: why the trial failed (or "interrupted")
 WORKER = "worker"  # host:pid of the process that ran (or runs) the trial
 WORKER_PROCESS = "worker_process"  # host, machine id, pid, start time: liveness lookups
+SPEC_VERSION = "spec_version"  # the study's spec version the trial ran under (absent: 1)
 
 # --- trial system attributes -------------------------------------------------------------------
 PORTFOLIO_METHOD = "portfolio_method"  # the method the portfolio sampler chose for the trial
 RETRY_HISTORY = "retry_history"  # Optuna's: numbers of the trials a retried trial replaces
+FAILED_TRIAL = "failed_trial"  # Optuna's: the number of the trial a retry replaces
 FIXED_PARAMS = "fixed_params"  # Optuna's: the parameters an enqueued trial was given
 
 # --- study user attributes (written once when the study is created, except where noted) -------
@@ -38,3 +40,5 @@ COMBINE = "combine"  # "weighted_sum" or "pareto"
 HELDOUT = "heldout"  # {trial number: {split: {objective: value}, CONFIG_HASH: ...}}, grows
 PER_ITEM = "per_item"  # in a held-out split entry: {objective: [[document id, score], ...]}
 WORKERS_JOINED = "workers_joined"  # processes that have joined the study, grows
+SPEC_VERSIONS = "spec_versions"  # [{number, first_trial, spec, fingerprint}], grows on a change
+SAMPLER = "sampler"  # the sampler the search runs (``auto`` resolved), for reports and cards

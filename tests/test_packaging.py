@@ -287,3 +287,107 @@ def test_three_trial_search_on_the_demo_tasks(installed: Installed, tiny_models)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 3
     assert all(0.0 <= t.value <= 1.0 for t in done)
+
+
+# ------------------------------------------------------------------ the core install alone
+
+
+def _closure(requirements: list[str]) -> list:
+    """The installed distributions ``requirements`` need, transitively (extras they name
+    followed, environment markers evaluated): what ``pip install`` of them would bring."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, object] = {}
+    todo = [(Requirement(r), ()) for r in requirements]
+    while todo:
+        req, _ = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in found:
+            continue
+        try:
+            dist = distribution(req.name)
+        except PackageNotFoundError:
+            continue  # an optional dependency the project venv lacks: the core has it neither
+        found[name] = dist
+        for text in dist.requires or ():
+            sub = Requirement(text)
+            extras = ("", *req.extras)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                todo.append((sub, ()))
+    return list(found.values())
+
+
+def _core_site(root: Path) -> Path:
+    """A folder holding (as links) only the distributions the core dependencies bring."""
+    site = root / "core-site"
+    site.mkdir()
+    for dist in _closure(PYPROJECT["project"]["dependencies"]):
+        for top in sorted({Path(str(f)).parts[0] for f in dist.files or ()} - {".."}):
+            target = Path(dist.locate_file(top))
+            if target.exists() and not (site / top).exists():
+                (site / top).symlink_to(target)
+    return site
+
+
+@pytest.fixture(scope="module")
+def core_only(tmp_path_factory, installed) -> Installed:
+    """The same wheel in a fresh venv that reaches only the core dependencies."""
+    root = tmp_path_factory.mktemp("core")
+    core = Installed(root, installed.wheel)
+    (core.site / "zz_project_dependencies.pth").write_text(f"{_core_site(root)}\n")
+    return core
+
+
+def test_the_core_lacks_every_extra(core_only: Installed):
+    proc = core_only.run(
+        "-c",
+        "import importlib.util as u; print([m for m in "
+        "('optuna', 'lm_eval', 'plotly', 'matplotlib', 'optuna_dashboard', 'psycopg2', 'scipy')"
+        " if u.find_spec(m)])",
+    )
+    assert _ok(proc).strip() == "[]"
+
+
+def test_merge_runs_on_the_core_dependencies_alone(core_only: Installed, tiny_models, tmp_path):
+    base, a, b = (str(p) for p in tiny_models)
+    config = {
+        "merge_method": "ties",
+        "base_model": base,
+        "models": [
+            {"model": a, "parameters": {"weight": 0.6, "density": 0.5}},
+            {"model": b, "parameters": {"weight": 0.4, "density": 0.7}},
+        ],
+        "dtype": "float32",
+    }
+    path = tmp_path / "ties.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "core-merge"
+    _ok(core_only.mergesearch("merge", str(path), str(out), "--threads", "1", "--no-progress"))
+    theirs = load_state(merging.run_merge(path, tmp_path / "checkout", threads=1, progress=False))
+    ours = load_state(out)
+    assert ours.keys() == theirs.keys() and all(ours[n].equal(t) for n, t in theirs.items())
+    assert (out / "mergekit_config.yml").is_file() and (out / "README.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [(("status", "results/x"), "search"), (("search", "spec.yaml"), "search")],
+    ids=["status", "search"],
+)
+def test_a_command_of_an_extra_says_what_to_install(core_only: Installed, argv, extra):
+    proc = core_only.mergesearch(*argv)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"pip install 'mergesearch[{extra}]'" in line
+
+
+def test_every_optional_module_names_an_extra_of_pyproject():
+    from mergesearch.search.cli.extras import EXTRAS
+
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert set(EXTRAS.values()) <= set(extras)
+    assert {"search", "eval", "report", "dashboard", "postgres", "demo", "all"} <= set(extras)
+    assert "mergesearch[search,eval,report]" in extras["demo"]  # the README's first command

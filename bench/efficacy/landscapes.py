@@ -106,6 +106,7 @@ CANDIDATES: tuple[Landscape, ...] = (
     Landscape(
         "shift-copy-known-s0", 0, ("shift", "copy"), recipe_changes=(("base_target_weight", 1.0),)
     ),
+    Landscape("rev-up-replay-s0", 0, recipe_changes=(("replay_targets", True),)),
 )
 BY_NAME = {landscape.name: landscape for landscape in LANDSCAPES + CANDIDATES}
 

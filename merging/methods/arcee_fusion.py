@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import selection as S
@@ -95,7 +96,7 @@ def arcee_fusion(
     b, x = base.detach().reshape(-1), inputs[0].detach().reshape(-1)
     importance = Importance(x, b, width)
     threshold = float(fusion_threshold(importance))
-    out = torch.empty_like(b)
+    out = buffers.empty_like(b)
     for sl in S.blocks(b.numel(), max(1, S.BLOCK // width) * width):  # whole rows per block
         keep = importance(sl) >= threshold
         d = torch.sub(x[sl], b[sl]).to(importance.acc).mul_(keep)

@@ -75,6 +75,16 @@ class MergeMethod:
     # the output's layers are the inputs' layers stacked (passthrough): depth can change, no
     # tensor arithmetic happens, and a search picks slices instead of parameters
     stacks_layers: bool = False
+    # what the base model is to this method, as a model card names it: most methods build on
+    # the base (task vectors are relative to it); for an interpolation it is the t=0 end
+    base_name: str = "base"
+    # each output element depends only on the inputs' elements at the same position (no
+    # whole-tensor statistic, no random draws): the engine may merge a large tensor in parts
+    # of rows, holding a part of each input instead of the whole tensors
+    elementwise: bool = False
+    # the result may take the base's memory (``buffers.empty_like(..., reuse=base)``): the
+    # method reads each block of the base before it writes that block of the result
+    result_in_base: bool = False
 
 
 METHODS: dict[str, MergeMethod] = {}

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
 from mergesearch.merging.methods.primitives import weighted_sum
@@ -28,7 +29,7 @@ def linear(
             "change the weights or set normalize: false"
         )
     flats = [x.detach().reshape(-1) for x in inputs]
-    out = torch.empty_like(flats[0])
+    out = buffers.empty_like(flats[0])
     # block by block: the sum reads each input once and writes the output once
     for sl in blocks(out.numel()):
         merged = weighted_sum([x[sl] for x in flats], weights)
@@ -46,6 +47,7 @@ register(
         per_model_params={"weight": REQUIRED},
         global_params={"normalize": True},
         min_inputs=1,
+        elementwise=True,
         description="a weighted average of the models' weights (Model Soups)",
         paper="https://arxiv.org/abs/2203.05482",
     )

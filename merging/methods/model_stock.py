@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
@@ -82,7 +83,7 @@ def model_stock(
     t = (n * cos) / (1 + (n - 1) * cos)
     # Unit offsets summing to zero make the denominator 0; stay at the base there.
     t = torch.where(torch.isfinite(t), t, torch.zeros_like(t)).unsqueeze(-1)
-    out = torch.empty_like(b)
+    out = buffers.empty_like(b, reuse=b)  # each block of b is read before it is written
     if t.shape[0] == 1:  # one ratio for the tensor: blocks of the flat data
         flat_out, flat_b, flats = out.reshape(-1), b.reshape(-1), [x.reshape(-1) for x in rows]
         ratio = t.reshape(1)
@@ -105,6 +106,7 @@ register(
         base=BaseRole.REQUIRED,
         global_params={"filter_wise": False},
         min_inputs=2,
+        result_in_base=True,
         description=(
             "interpolation from the base towards the models' average by the mean angle "
             "between their fine-tuning offsets (Model Stock)"

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
@@ -41,7 +42,7 @@ def nearswap(
     t = float(params["t"])
     acc = P.accumulation_dtype(base.dtype)
     b, x = base.detach().reshape(-1), inputs[0].detach().reshape(-1)
-    out = torch.empty_like(b)
+    out = buffers.empty_like(b)
     for sl in blocks(b.numel()):
         bb, xx = b[sl].to(acc), x[sl].to(acc)
         weight = nearswap_weight(bb, xx, t)
@@ -57,6 +58,7 @@ register(
         global_params={"t": REQUIRED},
         min_inputs=1,
         max_inputs=1,
+        elementwise=True,
         description="interpolate toward the other model only where the two are close (t)",
     )
 )

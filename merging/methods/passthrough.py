@@ -36,5 +36,6 @@ register(
         max_inputs=1,
         description="layers copied as they are (times scale when given), slices stacked",
         stacks_layers=True,
+        elementwise=True,
     )
 )

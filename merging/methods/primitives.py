@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import selection as S
 
@@ -34,6 +35,11 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype sums over models run in: float32 for 16-bit floats, else ``dtype`` itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def zero_low_bits(dtype: torch.dtype) -> int:
+    """How many low bits of a float32 upcast of ``dtype`` are always zero (0: any float32)."""
+    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
 
 
 def check_density(density: float) -> None:
@@ -192,38 +198,100 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
         sin_theta = math.sin(theta)
         c0 = math.sin((1.0 - t) * theta) / sin_theta
         c1 = math.sin(t * theta) / sin_theta
-    out = torch.empty_like(a)
+    out = buffers.empty_like(a)
     for sl in S.blocks(a.numel()):
         out[sl] = torch.add(a[sl].to(torch.float32) * c0, b[sl].to(torch.float32), alpha=c1)
     return out.reshape(v0.shape)
 
 
 def nuslerp(
-    t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row_wise: bool
+    t: float,
+    v0: torch.Tensor,
+    v1: torch.Tensor,
+    *,
+    flatten: bool,
+    row_wise: bool,
+    origin: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Slerp of whole tensors (``flatten``) or of their vectors along dim -1 (dim 0 if
-    ``row_wise``). Norms clamp at 1e-7; vectors with ``|sin theta| < 1e-8`` use lerp.
+    ``row_wise``). Norms clamp at 1e-7; vectors with ``|sin theta| < 1e-8`` use lerp. With
+    ``origin``, of the offsets ``v - origin`` (formed in the inputs' dtype), added back to it.
 
-    Runs in float32 and returns ``v0``'s dtype.
+    Runs in float32 and returns ``v0``'s dtype. Block by block (the dot products first when a
+    vector spans blocks, then the combination), so no float32 copy of a whole tensor is made.
     """
-    a = v0.detach().to(torch.float32)
-    b = v1.detach().to(torch.float32)
-    if flatten or a.dim() == 0:
-        a, b = a.reshape(-1), b.reshape(-1)
-    elif row_wise:
-        a, b = a.transpose(0, -1), b.transpose(0, -1)
-    norms = dot(a, a).sqrt().clamp(min=1e-7) * dot(b, b).sqrt().clamp(min=1e-7)
-    cos = (dot(a, b) / norms).clamp(-1.0, 1.0)
+    out = buffers.empty_like(v0)
+    if flatten or v0.dim() <= 1:  # one vector: the whole tensor
+        a, b, dst = v0.detach().reshape(-1), v1.detach().reshape(-1), out.reshape(-1)
+        o = origin.detach().reshape(-1) if origin is not None else None
+        spans = list(S.blocks(a.numel()))
+        sums = [0.0, 0.0, 0.0]
+        for sl in spans:
+            x, y = _offsets(a[sl], b[sl], o[sl] if o is not None else None)
+            for i, (u, w) in enumerate(((x, x), (y, y), (x, y))):
+                sums[i] += float(dot(u, w))
+        k0, k1 = _slerp_coefficients(t, *torch.tensor(sums, dtype=torch.float32))
+        for sl in spans:
+            x, y = _offsets(a[sl], b[sl], o[sl] if o is not None else None)
+            dst[sl] = _mix(k0, k1, x, y, o[sl] if o is not None else None, v0.dtype)
+        return out
+    rows = v0.shape[0] if row_wise else v0.numel() // v0.shape[-1]
+    width = v0.numel() // max(1, rows)
+    a, b, dst = (v.detach().reshape(rows, width) for v in (v0, v1, out))
+    o = origin.detach().reshape(rows, width) if origin is not None else None
+    step = max(1, S.BLOCK // max(1, width))  # whole rows per block
+    spans = [slice(start, start + step) for start in range(0, rows, step)]
+    if row_wise:  # vectors are columns: their dot products add up over the blocks of rows
+        sums = torch.zeros(3, width, dtype=torch.float64)
+        for sl in spans:
+            x, y = _offsets(a[sl], b[sl], o[sl] if o is not None else None)
+            sums += torch.stack([dot(x, x, 0), dot(y, y, 0), dot(x, y, 0)])
+        k0, k1 = _slerp_coefficients(t, *sums.to(torch.float32))
+    for sl in spans:
+        x, y = _offsets(a[sl], b[sl], o[sl] if o is not None else None)
+        if not row_wise:  # vectors are rows: each lies within the block
+            k0, k1 = (
+                c.unsqueeze(-1) for c in _slerp_coefficients(t, dot(x, x), dot(y, y), dot(x, y))
+            )
+        dst[sl] = _mix(k0, k1, x, y, o[sl] if o is not None else None, v0.dtype)
+    return out
+
+
+def _offsets(
+    x: torch.Tensor, y: torch.Tensor, o: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x - o`` and ``y - o`` in the inputs' dtype (or ``x``, ``y``), then in float32."""
+    if o is not None:
+        x, y = x - o, y - o
+    return x.to(torch.float32), y.to(torch.float32)
+
+
+def _mix(
+    k0: torch.Tensor,
+    k1: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    o: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``k0 x + k1 y`` in ``dtype``, plus ``o`` (in ``dtype``) when given."""
+    mixed = (k0 * x + k1 * y).to(dtype)
+    return mixed if o is None else o + mixed
+
+
+def _slerp_coefficients(
+    t: float, aa: torch.Tensor, bb: torch.Tensor, ab: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """nuslerp's ``(c0, c1)`` per vector from its dot products (float32)."""
+    norms = aa.sqrt().clamp(min=1e-7) * bb.sqrt().clamp(min=1e-7)
+    cos = (ab / norms).clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
     sin_theta = torch.sin(theta)
     colinear = sin_theta.abs() < 1e-8
     safe_sin = torch.where(colinear, torch.ones_like(sin_theta), sin_theta)
     c0 = torch.where(colinear, 1.0 - t, torch.sin((1.0 - t) * theta) / safe_sin)
     c1 = torch.where(colinear, t, torch.sin(t * theta) / safe_sin)
-    res = c0.unsqueeze(-1) * a + c1.unsqueeze(-1) * b
-    if row_wise and not flatten and v0.dim() > 0:
-        res = res.transpose(0, -1)
-    return res.reshape(v0.shape).to(v0.dtype)
+    return c0, c1
 
 
 # --- vectors in the span of the inputs (multislerp, karcher) -----------------------------------
@@ -277,7 +345,7 @@ def combine(
     flats = [v.detach().reshape(-1) for v in vectors]
     o = origin.detach().reshape(-1) if origin is not None else None
     acc = accumulation_dtype(first.dtype)
-    out = torch.empty(first.numel(), dtype=first.dtype)
+    out = buffers.empty_like(flats[0])
     for sl in S.blocks(first.numel()):
         total = None
         for f, c in zip(flats, coefficients, strict=True):

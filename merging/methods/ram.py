@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
@@ -58,7 +59,7 @@ def disjoint_merge(
     """``b + sum_i active d_i * (scale_i where c = 1, 1 / c where c > 1)``, block by block."""
     b = base.detach().reshape(-1)
     deltas = [SP.Delta(x.detach().reshape(-1), b, tuple(base.shape)) for x in inputs]
-    out = torch.empty_like(b)
+    out = buffers.empty_like(b)
     for sl in blocks(b.numel()):
         ds, _, count = _active(deltas, sl, epsilon)
         alone = count == 1
@@ -116,6 +117,7 @@ register(
         base=BaseRole.REQUIRED,
         global_params={"epsilon": 1e-5},
         min_inputs=0,
+        elementwise=True,
         description="average each element over the models that changed it by more than epsilon",
         paper=PAPER,
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
@@ -90,7 +91,7 @@ def sce(
     )
 
     # erase and average, block by block
-    out = torch.empty_like(b)
+    out = buffers.empty_like(b)
     for sl in blocks(n):
         ds = _task_vectors(deltas, sl)
         if keep is not None:

@@ -84,13 +84,18 @@ def float32_above(value: float) -> float:
     return float(torch.nextafter(here, torch.tensor(math.inf, dtype=torch.float32)))
 
 
-def select_top_k(source: ScoreSource, n: int, k: int) -> TopK:
-    """The exact ``k`` largest of ``n`` scores (equal values lowest index first) as a rule."""
+def select_top_k(source: ScoreSource, n: int, k: int, *, zero_low_bits: int = 0) -> TopK:
+    """The exact ``k`` largest of ``n`` scores (equal values lowest index first) as a rule.
+
+    ``zero_low_bits``: every score is a float32 whose lowest bits are zero (an upcast 16-bit
+    float: 16 for bfloat16, 13 for float16), which allows one counting pass (``histogram_kth``).
+    """
     if k >= n:
         return TopK(-math.inf, n)
     if k <= 0:
         return TopK(math.inf, 0)
-    value, above, equal = kth_largest(source, n, k)
+    found = histogram_kth(source, n, k, zero_low_bits) if zero_low_bits >= 13 else None
+    value, above, equal = found or kth_largest(source, n, k)
     ties = k - above  # how many entries equal to value are in the top k (>= 1)
     if ties >= equal:
         return TopK(value, n)
@@ -101,6 +106,32 @@ def select_top_k(source: ScoreSource, n: int, k: int) -> TopK:
             return TopK(value, sl.start + int(where[ties - seen - 1]) + 1)
         seen += where.numel()
     raise AssertionError("unreachable: fewer equal scores than counted")
+
+
+def histogram_kth(
+    source: ScoreSource, n: int, k: int, zero_low_bits: int
+) -> tuple[float, int, int] | None:
+    """``kth_largest`` for scores that take few distinct values: one pass of counts.
+
+    A non-negative float32 orders like its bits read as an integer, and scores whose lowest
+    ``zero_low_bits`` bits are zero (upcast 16-bit floats) take at most ``2 ** (31 -
+    zero_low_bits)`` values. Counting each bit pattern gives the exact answer from one pass
+    of a ``bincount`` per block, with no sample and no band; ties are counted, not searched.
+    None when the answer is NaN (the general path decides those).
+    """
+    bins = 1 << (31 - zero_low_bits)
+    counts = torch.zeros(bins, dtype=torch.int64)
+    for sl in blocks(n):
+        bits = source(sl).view(torch.int32).bitwise_right_shift_(zero_low_bits)
+        counts += torch.bincount(bits, minlength=bins)
+    from_top = counts.flip(0).cumsum_(0)
+    index = int(torch.searchsorted(from_top, k))  # the first cumulative count reaching k
+    bucket = bins - 1 - index
+    value = float(torch.tensor(bucket << zero_low_bits, dtype=torch.int32).view(torch.float32))
+    if math.isnan(value):
+        return None
+    equal = int(counts[bucket])
+    return value, int(from_top[index]) - equal, equal
 
 
 def kth_largest(source: ScoreSource, n: int, k: int) -> tuple[float, int, int]:

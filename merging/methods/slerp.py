@@ -38,10 +38,7 @@ def nuslerp(
     # Tiny weight sums make t explode; 0.5 is the arbitrary but sane choice mergekit makes.
     t = 0.5 if abs(w0 + w1) < 1e-6 else w1 / (w0 + w1)
     flatten, row_wise = bool(params["nuslerp_flatten"]), bool(params["nuslerp_row_wise"])
-    if base is None:
-        return P.nuslerp(t, inputs[0], inputs[1], flatten=flatten, row_wise=row_wise)
-    mixed = P.nuslerp(t, inputs[0] - base, inputs[1] - base, flatten=flatten, row_wise=row_wise)
-    return base + mixed
+    return P.nuslerp(t, inputs[0], inputs[1], flatten=flatten, row_wise=row_wise, origin=base)
 
 
 register(
@@ -54,6 +51,7 @@ register(
         max_inputs=1,
         description="spherical interpolation from the base (t=0) to the other model (t=1)",
         paper="",  # Shoemake's quaternion slerp (SIGGRAPH 1985) has no arXiv version
+        base_name="t=0 end",
     )
 )
 

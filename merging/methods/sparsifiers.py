@@ -6,7 +6,7 @@ the semantics. Here the same masks come as rules a method applies block by block
 
 - magnitude and breadcrumbs: exact top-k cuts (``selection.TopK``), found in one pass over
   ``|x - b|`` recomputed per block; applying one costs a compare per element;
-- random (DARE) and della: a stored bool mask (a quarter of a float32 tensor), because their
+- random (DARE) and della: a stored mask (bits: a 32nd of a float32 tensor), because their
   draws must follow the documented protocol: one ``torch.rand(shape)`` per model, in config
   order, from the method's generator. ``torch.rand`` draws element by element, so drawing the
   same tensor in consecutive flat chunks gives the same numbers.
@@ -14,10 +14,12 @@ the semantics. Here the same masks come as rules a method applies block by block
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from mergesearch.merging.methods import primitives as P
@@ -54,6 +56,10 @@ class Delta:
         """``|d|`` of a block in float32 (exact for 16-bit inputs): what top-k cuts compare."""
         return self.block(sl).abs_().to(P.accumulation_dtype(self.b.dtype))
 
+    def top_k(self, k: int) -> TopK:
+        """The rule keeping the ``k`` largest ``|d|``; 16-bit scores are counted, not sampled."""
+        return select_top_k(self.scores, self.numel, k, zero_low_bits=P.zero_low_bits(self.b.dtype))
+
 
 @dataclass(frozen=True)
 class Top:
@@ -83,39 +89,55 @@ class Top:
 
 @dataclass(frozen=True)
 class Stored:
-    """A mask drawn up front (flat bool)."""
+    """A mask drawn up front, eight entries to a byte (``pack``): an eighth of a bool mask, a
+    32nd of the float32 task vector, so the masks of every model stay small beside the
+    inputs whatever the tensor's size."""
 
-    keep: torch.Tensor
+    bits: torch.Tensor  # uint8, NumPy's packbits order
+
+    def _keep(self, sl: slice) -> torch.Tensor:
+        first = sl.start // 8
+        unpacked = np.unpackbits(self.bits[first : (sl.stop + 7) // 8].numpy())
+        offset = sl.start - 8 * first
+        return torch.from_numpy(unpacked[offset : offset + sl.stop - sl.start]).view(torch.bool)
 
     def mask(self, scores: torch.Tensor, sl: slice) -> torch.Tensor:
-        return self.keep[sl]
+        return self._keep(sl)
 
     def apply(self, d: torch.Tensor, sl: slice) -> torch.Tensor:
-        return d.mul_(self.keep[sl])
+        return d.mul_(self._keep(sl))
+
+
+def pack(keep: torch.Tensor, bits: torch.Tensor, start: int) -> None:
+    """Store the flat bool block ``keep`` that starts at flat index ``start`` (a multiple of 8)
+    into ``bits``."""
+    packed = np.packbits(keep.numpy())
+    bits[start // 8 : start // 8 + packed.size] = torch.from_numpy(packed)
 
 
 def magnitude(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> KeepRule:
     k = P.magnitude_count(delta.numel, float(p["density"]))
-    return Top(select_top_k(delta.scores, delta.numel, k))
+    return Top(delta.top_k(k))
 
 
 def breadcrumbs(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> KeepRule:
     n = delta.numel
     bottom, top = P.breadcrumbs_counts(n, float(p["density"]), float(p["gamma"]))
-    outliers = select_top_k(delta.scores, n, top) if top > 0 else None
-    return Top(select_top_k(delta.scores, n, n - bottom), outliers)
+    outliers = delta.top_k(top) if top > 0 else None
+    return Top(delta.top_k(n - bottom), outliers)
 
 
 def random(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> KeepRule:
     density = float(p["density"])
     P.check_density(density)
-    keep = torch.empty(delta.numel, dtype=torch.bool)
+    bits = torch.empty((delta.numel + 7) // 8, dtype=torch.uint8)
     draws = torch.empty(min(BLOCK, delta.numel))
-    for sl in blocks(delta.numel):
+    keep = torch.empty(draws.shape, dtype=torch.bool)
+    for sl in blocks(delta.numel):  # BLOCK is a multiple of 8: every block starts on a byte
         chunk = draws[: sl.stop - sl.start]
         torch.rand(chunk.shape, generator=g, out=chunk)
-        torch.lt(chunk, density, out=keep[sl])
-    return Stored(keep)
+        pack(torch.lt(chunk, density, out=keep[: chunk.numel()]), bits, sl.start)
+    return Stored(bits)
 
 
 def della(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> KeepRule:
@@ -123,13 +145,15 @@ def della(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> Keep
     P.check_della(density, epsilon)
     n = delta.numel
     width = max(1, delta.shape[-1]) if delta.shape else 1  # a 1-D tensor is one row
-    keep = torch.empty(n, dtype=torch.bool)
-    rows = max(1, BLOCK // width)  # whole rows per block: ranks are per row
+    bits = torch.empty((n + 7) // 8, dtype=torch.uint8)
+    # whole rows per block (ranks are per row), a multiple of 8 entries (blocks start on a byte)
+    align = 8 // math.gcd(width, 8)
+    rows = max(align, BLOCK // width // align * align)
     for sl in blocks(n, rows * width):
         magnitudes = delta.scores(sl).view(-1, width)
         draws = torch.rand(magnitudes.shape, generator=g)
-        keep[sl] = P.della_keep(magnitudes, draws, density, epsilon).view(-1)
-    return Stored(keep)
+        pack(P.della_keep(magnitudes, draws, density, epsilon).view(-1), bits, sl.start)
+    return Stored(bits)
 
 
 Sparsifier = Callable[[Delta, Mapping[str, Any], torch.Generator | None], KeepRule]

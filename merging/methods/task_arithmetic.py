@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
@@ -126,7 +127,7 @@ def generalized_task_arithmetic(
     total = sum(weights)
     plain_divisor = total if abs(total) >= 1e-8 else 1.0
     lam = float(params["lambda"])
-    out = torch.empty_like(b)
+    out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
     for sl in blocks(b.numel()):
         weighted = [
             _weighted_block(delta, rule, factor, w, sl)
@@ -174,6 +175,8 @@ def _register(
             },
             min_inputs=0,  # with no other model the result is the base, as in mergekit
             uses_randomness=sparsifier in (SP.random, SP.della),
+            elementwise=sparsifier is None and not consensus,
+            result_in_base=True,
             description=description,
             paper=paper,
         )

@@ -19,6 +19,9 @@ import sys
 from collections.abc import Sequence
 
 from mergesearch import VERBOSE_ENV, __version__
+from mergesearch.search.cli.examples import EXAMPLES
+from mergesearch.search.cli.examples import MAIN as MAIN_EXAMPLES
+from mergesearch.search.cli.extras import missing_extra
 from mergesearch.search.cli.output import closed_output, hidden_passwords, hide_passwords
 
 # name -> (module, one-line help)
@@ -71,8 +74,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mergesearch",
         description="Search over LLM merge recipes, run one-off mergekit-style merges, ship the best.",
+        epilog=MAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of its one-line message",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--verbose",
@@ -81,9 +90,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-        sub_parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
+        sub_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        # accepted after the command too (``mergesearch merge ... --debug``)
+        sub_parser.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show the full traceback of an error instead of its one-line message",
+        )
+        sub_parser.add_argument(
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="let third-party libraries print their progress bars and notices",
+        )
         if name == command:
             module = importlib.import_module(module_name)
             module.add_arguments(sub_parser)
@@ -110,7 +136,15 @@ RESUME_HINTS = {"search": "resume the study", "demo": "resume the demo"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(chosen_command(argv))
+    command = chosen_command(argv)
+    try:
+        parser = build_parser(command)
+    except ModuleNotFoundError as err:  # the command's module needs an extra not installed
+        advice = missing_extra(err)
+        if advice is None or "--debug" in argv:
+            raise
+        print(f"mergesearch {command}: error: {advice}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # read by the evaluators' process settings
@@ -130,6 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except ModuleNotFoundError as err:
+        advice = missing_extra(err)
+        if advice is None or args.debug:
+            raise
+        print(f"mergesearch {args.command}: error: {advice}", file=sys.stderr)
+        return 2
     except Exception as err:
         code = user_error_exit_code(err)
         if code is None or args.debug:

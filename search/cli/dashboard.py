@@ -1,4 +1,4 @@
-"""``mergesearch dashboard RESULTS_DIR_OR_STORAGE``: optuna-dashboard on a study."""
+"""``mergesearch dashboard STUDY``: optuna-dashboard on a study, read-only."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     def ready(served: dashboard.Served) -> None:
         print(f"dashboard of study {study.study_name!r}: {served.url}", flush=True)
-        print(f"merge configs attached from {served.artifacts}; Ctrl+C stops it", flush=True)
+        print("read-only; each trial's merge config is attached; Ctrl+C stops it", flush=True)
 
     dashboard.serve(study, location, host=args.host, port=args.port, on_ready=ready)
     return 0

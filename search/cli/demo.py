@@ -29,12 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=int, help="trials of the search (default: the spec's)")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="override the demo spec's sampler")
     parser.add_argument("--storage", help="study storage URL (default: results/<study>/study.db)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="CPU threads to use (default: 1)"
+    )
+    parser.add_argument(
+        "--device", help="where the live model lives and is evaluated: cpu, cuda, cuda:N or auto"
+    )
     parser.add_argument("--fresh", action="store_true", help="delete an earlier demo study first")
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
-    sub = parser.add_subparsers(dest="demo_command", metavar="{build}")
+    # optional: `mergesearch demo` alone builds (if needed) and searches
+    sub = parser.add_subparsers(
+        dest="demo_command", metavar="[build]", title="optional step", required=False
+    )
     build_parser = sub.add_parser(
-        "build", help="only build (or reuse) the demo family, print its table"
+        "build",
+        help="only build (or reuse) the demo family and print its table; without it, "
+        "`mergesearch demo` also runs the search",
     )
     build_parser.add_argument(
         "--seed", type=int, nargs="+", default=[0], help="seed(s) of the family (default: 0)"
@@ -45,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder holding seed<k>/ (default: $MERGESEARCH_DEMO_DIR or ./results/demo-models)",
     )
-    build_parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    build_parser.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="CPU threads to use (default: 1)"
+    )
     build_parser.add_argument("--force", action="store_true", help="rebuild even if cached")
 
 
@@ -99,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         n_trials=args.n_trials,
         sampler=args.sampler,
         threads=args.threads,
+        device=args.device,
     )
     print()
     print(result.summary.render(gains=False))

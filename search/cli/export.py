@@ -1,4 +1,4 @@
-"""``mergesearch export RESULTS_DIR_OR_STORAGE``: a trial's model on disk, with YAML and card."""
+"""``mergesearch export STUDY``: a trial's model on disk, with YAML and card."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
-        "--out", help="output folder (default: RESULTS_DIR/best; the YAML goes to OUT.yaml)"
+        "--out",
+        help="output folder (default: best/ in the study's results folder); it holds the model, "
+        "mergekit_config.yml and README.md",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument(
@@ -29,7 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SHARD_SIZE,
         help="largest shard in bytes, with k/M/G suffixes (default: %(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads to use, one tensor each (default: all cores)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

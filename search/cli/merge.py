@@ -12,8 +12,14 @@ from mergesearch.search.cli.checks import at_least_one
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="mergekit-style YAML (models: or slices: form)")
-    parser.add_argument("out_dir", help="output folder (created atomically)")
+    parser.add_argument(
+        "config", metavar="CONFIG", help="mergekit-style YAML (models: or slices: form)"
+    )
+    parser.add_argument(
+        "out_dir",
+        metavar="OUT_DIR",
+        help="output folder: the model, mergekit_config.yml and README.md, created atomically",
+    )
     parser.add_argument(
         "--out-shard-size",
         default=DEFAULT_SHARD_SIZE,
@@ -35,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="tensors computed in parallel (default: all cores)",
+        metavar="N",
+        help="CPU threads to use, one tensor each (default: all cores)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""``mergesearch report RESULTS_DIR_OR_STORAGE``: report.html and PNG plots of a study."""
+"""``mergesearch report STUDY``: report.html and PNG plots of a study."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from mergesearch.search.optimize.trials import PICKS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
-    parser.add_argument("--out", help="folder for report.html and plots/ (default: RESULTS_DIR)")
+    parser.add_argument(
+        "--out", help="folder for report.html and plots/ (default: the study's results folder)"
+    )
     parser.add_argument(
         "--top", type=int, default=10, help="rows of the top-trials table (default: %(default)s)"
     )

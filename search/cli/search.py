@@ -27,11 +27,15 @@ FLAGS = {
     "seed": "--seed",
     "heartbeat": "--heartbeat",
     "grace_period": "--grace-period",
+    "device": "--device",
+    "memory_limit_gb": "--memory-limit-gb",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="search spec (YAML), e.g. configs/searches/demo.yaml")
+    parser.add_argument(
+        "spec", metavar="SPEC", help="search spec (YAML), e.g. configs/searches/demo.yaml"
+    )
     parser.add_argument(
         "--storage",
         help="study storage URL: sqlite:///PATH, postgresql+psycopg2://USER:PASS@HOST/DB, "
@@ -45,7 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", help="stop starting trials after this long (600, 30m, 2h)")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="override the spec's sampler")
     parser.add_argument("--seed", type=int, help="override the spec's seed")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: spec, 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads to use, for merging and evaluating (default: the spec's threads, 1)",
+    )
+    parser.add_argument(
+        "--device",
+        help="where the live model lives and is evaluated: cpu, cuda, cuda:N or auto "
+        "(default: the spec's device, cpu)",
+    )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        metavar="GB",
+        help="memory the search may use (default: what the machine has available); a search "
+        "that needs more is refused before its first trial",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -65,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="a trial without heartbeat this long is failed and retried (default: 4 intervals)",
     )
+    parser.add_argument(
+        "--allow-spec-change",
+        action="store_true",
+        help="resume although the objectives or sources changed: the study records a new spec "
+        "version, and new trials are compared (and de-duplicated) among themselves only",
+    )
     parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
 
 
@@ -79,6 +106,8 @@ def overrides(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "heartbeat": args.heartbeat,
         "grace_period": args.grace_period,
+        "device": args.device,
+        "memory_limit_gb": args.memory_limit_gb,
     }
 
 
@@ -93,7 +122,12 @@ def run(args: argparse.Namespace) -> int:
     # interrupted and replaced, instead of waiting out the heartbeat grace period.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        result = run_search(args.spec, progress=not args.no_progress, **overrides(args))
+        result = run_search(
+            args.spec,
+            progress=not args.no_progress,
+            allow_spec_change=args.allow_spec_change,
+            **overrides(args),
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     ran = f"{result.ran} run now, {result.seconds:.0f} s"
@@ -120,6 +154,7 @@ def _run_workers(args: argparse.Namespace) -> int:
 
     from mergesearch.search.distributed import workers
     from mergesearch.search.distributed.storage import default_storage_url, open_storage
+    from mergesearch.search.optimize.resources import check_workers_fit
     from mergesearch.search.optimize.summary import summarize
     from mergesearch.search.spec.load import load_spec
 
@@ -127,9 +162,12 @@ def _run_workers(args: argparse.Namespace) -> int:
     url = spec.storage or default_storage_url(spec.name)
     if url.startswith("memory"):
         raise SpecError("--workers: memory: storage is private to one process; use a file or URL")
+    check_workers_fit(spec, args.workers)  # N searches on this machine's memory, before any
     open_storage(url)  # creates the tables once, before N workers race for them
     threads = workers.threads_per_worker(spec.threads, args.workers)
     argv = [args.spec, "--no-progress"]
+    if args.allow_spec_change:
+        argv.append("--allow-spec-change")
     for key, value in overrides(args).items():
         if key in FLAGS and value is not None:
             argv += [FLAGS[key], str(value)]

@@ -86,6 +86,9 @@ class DemoRecipe:
     # not list gets other_floor
     targets: tuple[str, ...] = demo_tasks.EVAL_TASKS
     other_floor: float = 0.2
+    # specialists also replay the other targets: they then barely forget them, and their task
+    # vectors share more (a family whose plain average merges best)
+    replay_targets: bool = False
 
     def __post_init__(self) -> None:
         targets = demo_tasks.check_tasks(self.targets)
@@ -117,7 +120,11 @@ class DemoRecipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-LATER_FIELDS: dict[str, Any] = {"targets": demo_tasks.EVAL_TASKS, "other_floor": 0.2}
+LATER_FIELDS: dict[str, Any] = {
+    "targets": demo_tasks.EVAL_TASKS,
+    "other_floor": 0.2,
+    "replay_targets": False,
+}
 
 
 @dataclass
@@ -312,7 +319,11 @@ def base_mixture(recipe: DemoRecipe) -> dict[str, float]:
 
 
 def specialist_mixture(target: str, recipe: DemoRecipe) -> dict[str, float]:
-    replay = [name for name in demo_tasks.TASKS if name not in recipe.targets]
+    replay = [
+        name
+        for name in demo_tasks.TASKS
+        if name != target and (recipe.replay_targets or name not in recipe.targets)
+    ]
     mix = {name: recipe.replay_fraction / len(replay) for name in replay}
     mix[target] = 1.0 - recipe.replay_fraction
     return mix

@@ -95,9 +95,8 @@ def reap_unclaimed(study: optuna.Study, retry: Callable[[optuna.Study, FrozenTri
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if A.WORKER in t.user_attrs:
             continue
-        if _fail(study, t):
+        if _retire(study, t, retry):
             log.warning("trial %d was left running by a dead process: run again", t.number)
-            retry(study, study._storage.get_trial(t._trial_id))
             reaped += 1
     return reaped
 
@@ -108,12 +107,11 @@ def reap_dead_here(study: optuna.Study, retry: Callable[[optuna.Study, FrozenTri
     reaped = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         record = ProcessRecord.from_attr(t.user_attrs.get(A.WORKER_PROCESS))
-        if record is None or not dead_here(record) or not _fail(study, t):
+        if record is None or not dead_here(record) or not _retire(study, t, retry):
             continue
         log.warning(
             "trial %d: its worker (pid %d on this machine) is gone: run again", t.number, record.pid
         )
-        retry(study, study._storage.get_trial(t._trial_id))
         reaped += 1
     return reaped
 
@@ -124,8 +122,17 @@ def local_records(trials: Iterable[FrozenTrial]) -> list[ProcessRecord]:
     return [r for r in found if r is not None]
 
 
-def _fail(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Mark a running trial FAIL; False when another process finished it first."""
+def _retire(
+    study: optuna.Study, trial: FrozenTrial, retry: Callable[[optuna.Study, FrozenTrial], None]
+) -> bool:
+    """Queue the retry of a dead worker's running trial, then fail it; False when another
+    process finished it first. In this order, a reaper killed in between leaves the trial
+    running, to be found again with its retry already queued, never failed without a retry (a
+    failure that would take a slot of the budget)."""
+    trials = study.get_trials(deepcopy=False)
+    queued = any(t.system_attrs.get(A.FAILED_TRIAL) == trial.number for t in trials)
+    if not queued:
+        retry(study, trial)
     try:
         return bool(study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL))
     except optuna.exceptions.UpdateFinishedTrialError:

@@ -1,6 +1,6 @@
 """From what a user types after ``status``/``dashboard``/``report``/``export`` to an open study.
 
-``RESULTS_DIR_OR_STORAGE`` is a results folder (``results/<study>/`` holding ``study.db`` or
+``STUDY`` is a results folder (``results/<study>/`` holding ``study.db`` or
 ``journal.log``), a study file, or a storage URL. The study is ``--study NAME`` or else the only
 study in the storage. The results folder is where reports, artifacts and exports go: the folder
 given, the folder of a study file, or ``results/<study>`` for a URL (a database server has no
@@ -64,8 +64,9 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """The positional target and ``--study`` every reading command takes."""
     parser.add_argument(
         "target",
-        metavar="RESULTS_DIR_OR_STORAGE",
-        help="results folder (holding study.db or journal.log), a study file, or a storage URL",
+        metavar="STUDY",
+        help="the study: its results folder (holding study.db or journal.log), a study file, "
+        "or a storage URL",
     )
     parser.add_argument(
         "--study",

@@ -1,15 +1,14 @@
 """Export a trial: its merge config alone rebuilds the model, tensor for tensor.
 
 The folder holds the merged model (safetensors, config, tokenizer), ``mergekit_config.yml`` (the
-trial's ``merge_config``, seed included) and the model card ``README.md``; ``<out>.yaml`` next to
-it repeats the config (``results/<study>/best.yaml``). Everything is built inside a hidden
+trial's ``merge_config``, seed included: the one copy of the config) and the model card
+``README.md``. Everything is built inside a hidden
 staging folder (``.<out>.mergesearch-partial-<pid>``) and renamed into place when complete: a
 killed export leaves only that hidden folder, which the next export removes.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from mergesearch.merging.atomic import (
     replace_dir,
     temp_sibling,
 )
+from mergesearch.merging.engine import CARD, MERGEKIT_YAML
 from mergesearch.merging.errors import ConfigError
 from mergesearch.search import attrs as A
 from mergesearch.search.distributed.locate import StudyLocation
@@ -33,22 +33,19 @@ from mergesearch.search.export.guard import check_export_output
 from mergesearch.search.optimize import trials as T
 
 DEFAULT_DIR = "best"
-MERGEKIT_YAML = "mergekit_config.yml"
-CARD = "README.md"
 
 
 @dataclass
 class ExportResult:
     model_dir: Path
-    yaml_path: Path
     trial: FrozenTrial
     why: str
     seconds: float
 
-
-def yaml_path_for(out_dir: Path) -> Path:
-    """``results/<study>/best`` -> ``results/<study>/best.yaml``."""
-    return out_dir.parent / f"{out_dir.name}.yaml"
+    @property
+    def yaml_path(self) -> Path:
+        """The trial's mergekit config, inside the model folder."""
+        return self.model_dir / MERGEKIT_YAML
 
 
 def export_trial(
@@ -69,13 +66,10 @@ def export_trial(
     config = T.merge_config(trial)
     config_text = trial.user_attrs[A.MERGE_CONFIG]
     out = Path(out_dir if out_dir is not None else location.results_dir / DEFAULT_DIR).absolute()
-    yaml_path = yaml_path_for(out)
-    check_export_output(out, yaml_path, study, location, config, overwrite=overwrite)
-    yaml_tmp = temp_sibling(yaml_path)
+    check_export_output(out, study, location, config, overwrite=overwrite)
     staging = temp_sibling(out)
     try:
         cleanup_stale_temps(out)
-        cleanup_stale_temps(yaml_path)
         out.parent.mkdir(parents=True, exist_ok=True)
         if staging.exists():
             shutil.rmtree(staging)
@@ -97,9 +91,7 @@ def export_trial(
             model_card.render(study, trial, why, config, config_text, title), encoding="utf-8"
         )
         fsync_files(model, [MERGEKIT_YAML, CARD])
-        yaml_tmp.write_text(config_text)  # both land, or neither: written before the renames
         replace_dir(model, out)
-        os.replace(yaml_tmp, yaml_path)
     except merging.MergeRuntimeError as err:  # name the folder the user asked for
         raise type(err)(str(err).replace(str(staging / "model"), str(out))) from None
     except OSError as err:
@@ -108,8 +100,7 @@ def export_trial(
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        yaml_tmp.unlink(missing_ok=True)
-    return ExportResult(out, yaml_path, trial, why, time.perf_counter() - started)
+    return ExportResult(out, trial, why, time.perf_counter() - started)
 
 
 def baseline_beating(study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:

@@ -3,8 +3,7 @@
 ``merging.outputs.check_output`` is the rule; this module lists what a study protects: every
 source model (from the trial's merge config and the study's ``sources``), the study's database
 or journal file, and its results folder (the export goes *inside* it by default, never over
-it). The YAML written next to the output (``X.yaml``) must not replace a file by surprise
-either.
+it).
 """
 
 from __future__ import annotations
@@ -36,23 +35,13 @@ def protected_by_study(
 
 def check_export_output(
     out: Path,
-    yaml_path: Path,
     study: optuna.Study,
     location: StudyLocation,
     config: MergeConfig,
     *,
     overwrite: bool,
 ) -> None:
-    """``ConfigError`` (exit 2) unless ``out`` and ``yaml_path`` may be (re)placed."""
+    """``ConfigError`` (exit 2) unless ``out`` may be (re)placed."""
     check_output(out, protected_by_study(study, location, config), flag="--out")
-    if yaml_path.is_dir():
-        raise ConfigError(
-            f"{yaml_path}: a folder where the export's YAML goes; choose another --out"
-        )
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: output folder exists; pass --overwrite to replace it")
-    if yaml_path.exists() and not overwrite:
-        raise ConfigError(
-            f"{yaml_path}: exists (the export writes its YAML there); pass --overwrite to "
-            "replace it, or choose another --out"
-        )

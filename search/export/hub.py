@@ -20,6 +20,30 @@ class UploadResult:
     repo_url: str
     commit_url: str
     files: int
+    pr_url: str | None = None  # with ``create_pr``: the pull request opened
+
+
+def selected(
+    folder: Path, files: list[Path], include: list[str] | None, exclude: list[str] | None
+) -> list[Path]:
+    """The files ``upload_folder`` sends with these patterns (its own filter, so the count
+    printed is the count sent); ``ConfigError`` when the patterns leave nothing."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    picked = list(
+        filter_repo_objects(
+            files,
+            allow_patterns=include or None,
+            ignore_patterns=exclude or None,
+            key=lambda p: p.relative_to(folder).as_posix(),
+        )
+    )
+    if not picked:
+        raise ConfigError(
+            f"{folder}: --include/--exclude leave no file to upload "
+            f"(include {include or 'all'}, exclude {exclude or 'none'})"
+        )
+    return picked
 
 
 def check_model_dir(folder: Path) -> list[Path]:
@@ -68,14 +92,23 @@ def upload_model(
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
+    create_pr: bool = False,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
 ) -> UploadResult:
+    """``create_pr`` opens a pull request instead of committing to the branch; ``include`` and
+    ``exclude`` are glob patterns over the folder's paths, as ``hf upload`` takes them."""
     import httpx2  # huggingface_hub's HTTP client: its errors are what a dead network raises
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(model_dir)
-    files = check_model_dir(folder)
+    files = selected(folder, check_model_dir(folder), include, exclude)
     check_repo_id(repo_id)
+    if create_pr and revision and revision != "main":
+        raise ConfigError(
+            f"--create-pr opens a pull request against main; drop --revision {revision}"
+        )
     token = _token()
     api = HfApi(token=token)
     # one INFO line per HTTP request is noise on a command line (URLs only, never the token)
@@ -91,6 +124,9 @@ def upload_model(
             folder_path=folder,
             revision=revision,
             commit_message=commit_message or f"Upload {folder.name} with mergesearch",
+            create_pr=create_pr or None,
+            allow_patterns=include or None,
+            ignore_patterns=exclude or None,
         )
     except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -100,4 +136,4 @@ def upload_model(
             f"upload of {folder} to {repo_id} at {api.endpoint} failed: "
             f"{first.replace(token, '***')}"
         ) from None
-    return UploadResult(str(repo), info.commit_url, len(files))
+    return UploadResult(str(repo), info.commit_url, len(files), info.pr_url)

@@ -1,15 +1,16 @@
-"""The model card (``README.md``) of an exported merge: Hub metadata, then what and how.
+"""The model card (``README.md``) of an exported trial: what ``merging.card`` writes for any
+merge, plus what the search knows.
 
-Front matter: ``base_model`` lists the sources that are Hub ids (local folders are not), with
-``base_model_relation: merge``; ``tags: [merge, mergesearch]``; ``library_name: transformers``;
-``license`` when the sources' own cards say (read from local folders or the local Hub cache,
-never from the network): one licence when they agree, ``other`` plus a list when they differ.
+Metadata (``huggingface_hub``'s ``ModelCardData``): the sources that are Hub ids as
+``base_model``, tags ``merge``, ``mergekit`` and ``mergesearch``, the licence, and the trial's
+scores as ``eval_results``, which the Hub reads as ``model-index``. The body names the sampler
+that really ran (the study records it), each source's role in the method's own words (SLERP's
+base is its t=0 end), the baselines that really ran, the held-out gain over the best source with
+its paired standard error, and the spec version the trial ran under.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -17,63 +18,14 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from mergesearch import merging
+from mergesearch.merging import card
 from mergesearch.search import attrs as A
 from mergesearch.search.distributed.urls import hide_passwords
 from mergesearch.search.optimize import trials as T
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FRONT_MATTER_RE = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
-
-
-def is_hub_id(ref: str) -> bool:
-    return bool(HUB_ID_RE.match(ref)) and not Path(ref).exists()
-
-
-def _front_matter(text: str) -> dict[str, Any]:
-    match = FRONT_MATTER_RE.match(text)
-    if not match:
-        return {}
-    try:
-        data = yaml.safe_load(match[1])
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def source_license(ref: str) -> str | None:
-    """The ``license`` of a source's card, from its folder or the local Hub cache."""
-    card: Path | None = Path(ref) / "README.md"
-    if not card.is_file():
-        card = None
-        if is_hub_id(ref):
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(ref, "README.md")
-            card = Path(cached) if isinstance(cached, str) else None
-    if card is None:
-        return None
-    value = _front_matter(card.read_text(encoding="utf-8", errors="replace")).get("license")
-    return str(value) if value else None
-
-
-def front_matter(config: merging.MergeConfig) -> dict[str, Any]:
-    refs = config.model_refs
-    meta: dict[str, Any] = {}
-    hub = [r for r in refs if is_hub_id(r)]
-    if hub:
-        meta["base_model"] = hub
-        meta["base_model_relation"] = "merge"
-    meta["tags"] = ["merge", "mergesearch"]
-    meta["library_name"] = "transformers"
-    licenses = {r: lic for r in refs if (lic := source_license(r))}
-    if licenses:
-        kinds = sorted(set(licenses.values()))
-        meta["license"] = kinds[0] if len(kinds) == 1 else "other"
-    return meta
-
-
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+from mergesearch.search.optimize import versions
+from mergesearch.search.optimize.registry import SAMPLERS
+from mergesearch.search.optimize.summary import summarize
+from mergesearch.search.spec.schema import Objective
 
 
 def _num(value: object) -> str:
@@ -82,12 +34,86 @@ def _num(value: object) -> str:
     return "–"
 
 
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _objectives_of(spec_text: str) -> dict[str, Objective]:
+    """The objectives of a stored spec, parsed (tasks per split, metric); empty when the text
+    is not a spec this version can read."""
+    try:
+        raw = yaml.safe_load(spec_text) or {}
+        return {o.name: o for o in (Objective.model_validate(x) for x in raw.get("objectives", []))}
+    except Exception:  # a stored spec is informative only: the card goes on without it
+        return {}
+
+
+def eval_results(study: optuna.Study, trial: FrozenTrial, spec_text: str) -> list[Any]:
+    """The trial's scores as ``huggingface_hub.EvalResult``s, one per objective and split."""
+    from huggingface_hub import EvalResult
+
+    parsed = _objectives_of(spec_text)
+    out = []
+    for split, values in T.scores(study, trial).items():
+        for info in T.objectives(study):
+            value = values.get(info.name)
+            if not isinstance(value, int | float):
+                continue
+            objective = parsed.get(info.name)
+            task = None
+            if objective is not None and split in objective.splits:
+                task = objective.splits[split].task
+            metric = objective.metric if objective is not None else info.name
+            out.append(
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type=task or info.name,
+                    dataset_name=info.name,
+                    dataset_split=split,
+                    metric_type=metric.partition(",")[0],
+                    metric_name=f"{info.name} ({split}, {metric})",
+                    metric_value=round(float(value), 4),
+                )
+            )
+    return out
+
+
+def sampler_phrase(study: optuna.Study) -> str:
+    """The sampler that proposed the trials, in words (the study records its name)."""
+    name = study.user_attrs.get(A.SAMPLER)
+    entry = SAMPLERS.get(name or "")
+    if entry is None or not entry.title:
+        return "an Optuna sampler"
+    return f"Optuna with {entry.title}"
+
+
+def baselines_phrase(study: optuna.Study) -> str:
+    """Which baselines ran, as they ran: the sources alone, and their average when there was
+    one (a study of one model and a base has none)."""
+    names = [T.baseline_name(t) or "?" for t in T.baselines(study)]
+    alone = [n for n in names if n != "average"]
+    parts = []
+    if alone:
+        parts.append(", ".join(f"`{n}`" for n in alone) + " alone")
+    if "average" in names:
+        parts.append("their uniform average")
+    return "; ".join(parts) if parts else "none"
+
+
 def _scores_table(study: optuna.Study, trial: FrozenTrial, names: list[str]) -> list[str]:
     split = T.heldout_split(study)
     splits = ["search", *([split] if split else [])]
     head = ["", *[f"{n} ({s})" for s in splits for n in names]]
     rows = [(f"**this merge** (trial {trial.number})", trial)]
-    rows += [(f"source: {T.baseline_name(b)}", b) for b in T.baselines(study)]
+    rows += [
+        (
+            "average of the sources"
+            if T.baseline_name(b) == "average"
+            else f"source: {T.baseline_name(b)}",
+            b,
+        )
+        for b in T.baselines(study)
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, t in rows:
         s = T.scores(study, t)
@@ -96,15 +122,19 @@ def _scores_table(study: optuna.Study, trial: FrozenTrial, names: list[str]) -> 
     return out
 
 
-def _method_line(config: merging.MergeConfig) -> str:
-    """What the method does, where it comes from, and the base it worked from."""
-    method = merging.get_method(config.merge_method)
-    line = f"`{method.name}`: {method.description or 'see the merge method documentation'}."
-    if method.paper:
-        line += f" Paper: <{method.paper}>."
-    if config.base_model:
-        line += f" Base model: `{config.base_model}`."
-    return line
+def _gain_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
+    summary = summarize(study)
+    row = next((r for r in summary.rows if r.number == trial.number), None)
+    lines = summary.gain_lines(row=row) if row is not None else []
+    if not lines:
+        return []
+    return [
+        "Held out (items the search never scored), with the paired standard error of each "
+        "difference; a gain under two standard errors is marked not significant:",
+        "",
+        *[f"- {line[0].upper()}{line[1:]}" for line in lines],
+        "",
+    ]
 
 
 def render(
@@ -115,38 +145,26 @@ def render(
     config_text: str,
     title: str,
 ) -> str:
-    meta = front_matter(config)
     infos = T.objectives(study)
     names = [o.name for o in infos]
     sources = {str(v): k for k, v in (study.user_attrs.get(A.SOURCES) or {}).items()}
-    method = config.merge_method
-    lines = [
-        "---",
-        yaml.safe_dump(meta, sort_keys=False).rstrip("\n"),
-        "---",
-        "",
+    version = versions.spec_of(study, trial)
+    spec = hide_passwords(version.spec)  # published by `upload`; a study made before the rule
+    data = card.card_data(config, model_name=title, eval_results=eval_results(study, trial, spec))
+    body = [
         f"# {title}",
         "",
-        "A merge of pre-trained language models, found by an evolutionary search over merge "
-        "recipes with mergesearch (Optuna proposes merge parameters, "
-        "each candidate is merged in memory and scored).",
+        "A merge of pre-trained language models, found by a search over merge recipes with "
+        f"mergesearch: {sampler_phrase(study)} proposed merge parameters, each candidate was "
+        "merged in memory and scored, and the sources were scored alongside as baselines.",
         "",
         "## Method",
         "",
-        _method_line(config),
+        card.method_line(config),
         "",
         "### Models merged",
         "",
-    ]
-    for ref in config.model_refs:
-        role = " (base)" if ref == config.base_model else ""
-        name = f" — source `{sources[ref]}`" if ref in sources else ""
-        lines.append(f"- `{ref}`{role}{name}")
-    licenses = {r: lic for r in config.model_refs if (lic := source_license(r))}
-    if len(set(licenses.values())) > 1:
-        lines += ["", "Licences of the sources differ:"]
-        lines += [f"- `{r}`: {lic}" for r, lic in licenses.items()]
-    lines += [
+        *card.models_lines(config, sources),
         "",
         "## Configuration",
         "",
@@ -157,15 +175,7 @@ def render(
         config_text.rstrip("\n"),
         "```",
         "",
-    ]
-    if config.seed is not None and merging.METHODS[method].uses_randomness:
-        lines += [
-            f"`{method}` drops parameters at random: `seed: {config.seed}` makes "
-            "`mergesearch merge` rebuild these exact tensors. mergekit ignores the key (its "
-            f"`--random-seed {config.seed}` draws other masks), so its result differs slightly.",
-            "",
-        ]
-    lines += [
+        *card.seed_note(config),
         "## Scores",
         "",
         f"Objectives: {', '.join(f'{o.name} ({o.direction}, weight {o.weight:g})' for o in infos)}."
@@ -173,6 +183,7 @@ def render(
         "",
         *_scores_table(study, trial, names),
         "",
+        *_gain_lines(study, trial),
         "## How it was found",
         "",
     ]
@@ -181,17 +192,18 @@ def render(
         if t.state.name in states:
             states[t.state.name] += 1
     n_baselines = len(T.baselines(study))
-    lines += [
+    body += [
         f"Optuna study `{study.study_name}`: {len(study.trials)} trials "
-        f"({states['COMPLETE']} completed, {states['PRUNED']} pruned, {states['FAIL']} failed), "
-        f"{n_baselines} of them baselines (each source alone, their average).",
+        f"({states['COMPLETE']} completed, {states['PRUNED']} pruned, {states['FAIL']} failed); "
+        f"{n_baselines} baselines ({baselines_phrase(study)}).",
         f"This is trial {trial.number}: {why}.",
     ]
-    spec = hide_passwords(study.user_attrs.get(A.SPEC) or "")  # published by `upload`
     if spec:
-        lines += [
+        several = len(versions.versions(study)) > 1
+        head = f"Search spec (version {version.number})" if several else "Search spec"
+        body += [
             "",
-            "<details><summary>Search spec</summary>",
+            f"<details><summary>{head}</summary>",
             "",
             "```yaml",
             spec.rstrip("\n"),
@@ -199,4 +211,4 @@ def render(
             "",
             "</details>",
         ]
-    return "\n".join(lines) + "\n"
+    return card.render(data, body)

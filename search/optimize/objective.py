@@ -20,12 +20,14 @@ import time
 from typing import Any
 
 import optuna
+import torch
 
 from mergesearch import merging
 from mergesearch.search import attrs as A
 from mergesearch.search.distributed.budget import INTERRUPTED
 from mergesearch.search.distributed.faults import is_disk_full
 from mergesearch.search.errors import SpecError, TrialFailed
+from mergesearch.search.optimize import attachments, versions
 from mergesearch.search.optimize.registry import PRUNERS
 from mergesearch.search.optimize.scoring import Scorer
 from mergesearch.search.optimize.space import SearchSpace
@@ -41,10 +43,15 @@ def config_hash(text: str) -> str:
 
 
 class LiveModel:
-    """One model object whose weights each trial overwrites; rebuilt when the shape changes."""
+    """One model object whose weights each trial overwrites; rebuilt when the shape changes.
 
-    def __init__(self, merger: merging.Merger):
+    It lives on ``device`` (a GPU: merged tensors are streamed into it from page-locked host
+    buffers while the next ones merge), and the evaluators run where it is.
+    """
+
+    def __init__(self, merger: merging.Merger, device: str | torch.device = "cpu"):
         self.merger = merger
+        self.device = torch.device(device)
         self.model: Any = None
         self._arch: str | None = None
         self._tokenizers: dict[str, Any] = {}
@@ -59,7 +66,7 @@ class LiveModel:
         if arch != self._arch:
             self.model, self._arch = None, None
             gc.collect()  # free the old weights before allocating the new model
-            self.model = self.merger.new_model(config)
+            self.model = self.merger.new_model(config, device=self.device)
             self._arch = arch
         tok_key = config.tokenizer_source or config.base_model or config.model_refs[0]
         if tok_key not in self._tokenizers:
@@ -83,9 +90,12 @@ class TrialRunner:
         scorer: Scorer,
         live: LiveModel,
         baselines: dict[str, dict[str, Any]],
+        *,
+        spec_version: int = versions.FIRST,
     ):
         self.spec, self.space, self.scorer, self.live = spec, space, scorer, live
         self.baselines = baselines
+        self.spec_version = spec_version  # what this process scores under (optimize.versions)
         pruner = PRUNERS[spec.pruner.name]
         self.per_item = pruner.per_item  # the pruner compares per-item scores
         self.stages = spec.pruner.stages if pruner.prunes else (None,)
@@ -98,6 +108,7 @@ class TrialRunner:
             raise
 
     def _run(self, trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr(A.SPEC_VERSION, self.spec_version)
         baseline = trial.user_attrs.get(A.BASELINE)
         if baseline is not None:
             data = self.baselines[baseline]
@@ -110,9 +121,10 @@ class TrialRunner:
         key = config_hash(text)
         trial.set_user_attr(A.MERGE_CONFIG, text)
         trial.set_user_attr(A.CONFIG_HASH, key)
+        attachments.attach_config(trial, text)  # for optuna-dashboard, which never writes
 
-        earlier = _completed_with_hash(trial.study, key, trial.number)
-        if earlier is not None:  # an identical merge was scored: answer from the study
+        earlier = _completed_with_hash(trial.study, key, trial.number, self.spec_version)
+        if earlier is not None:  # an identical merge was scored the same way: answer from it
             trial.set_user_attr(A.DUPLICATE_OF, earlier.number)
             trial.set_user_attr(A.ITEMS, 0)  # nothing evaluated for this one
             for name in (A.METRICS, A.MERGE_SECONDS, A.EVAL_SECONDS):
@@ -197,9 +209,15 @@ class TrialRunner:
 
 
 def _completed_with_hash(
-    study: optuna.Study, key: str, number: int
+    study: optuna.Study, key: str, number: int, version: int
 ) -> optuna.trial.FrozenTrial | None:
+    """A completed trial of the same config scored under the same spec version: a score of
+    another objective (or other sources) never answers for this one."""
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.number != number and t.user_attrs.get(A.CONFIG_HASH) == key:
+        if (
+            t.number != number
+            and t.user_attrs.get(A.CONFIG_HASH) == key
+            and versions.version_of(t) == version
+        ):
             return t
     return None

@@ -62,6 +62,8 @@ class SamplerEntry:
     package: str | None = None  # an optional package it needs
     # when ``auto`` picks it; ``auto`` tries the entries in table order
     auto_when: Callable[[Problem], bool] | None = None
+    # what it is, in words, for reports and model cards ("found by ...")
+    title: str = ""
 
     def available(self) -> bool:
         return self.package is None or importlib.util.find_spec(self.package) is not None
@@ -105,6 +107,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
         categorical=True,
         multi_objective=False,
         auto_when=lambda p: len(p.methods) > 1,
+        title="a portfolio over merge methods (successive halving, TPE within each method)",
     ),
     "cmaes": SamplerEntry(
         lambda p: optuna.samplers.CmaEsSampler(
@@ -116,27 +119,32 @@ SAMPLERS: dict[str, SamplerEntry] = {
         multi_objective=False,
         package="cmaes",
         auto_when=lambda p: p.numeric >= 2,
+        title="CMA-ES (an evolution strategy)",
     ),
     "tpe": SamplerEntry(
         lambda p: optuna.samplers.TPESampler(seed=p.seed, **p.options),
         categorical=True,
         multi_objective=True,
         auto_when=lambda p: True,
+        title="TPE (tree-structured Parzen estimator, Bayesian optimisation)",
     ),
     "gp": SamplerEntry(
         lambda p: optuna.samplers.GPSampler(seed=p.seed, **p.options),
         categorical=True,
         multi_objective=True,
+        title="Gaussian-process Bayesian optimisation",
     ),
     "nsga2": SamplerEntry(
         lambda p: optuna.samplers.NSGAIISampler(seed=p.seed, **p.options),
         categorical=True,
         multi_objective=True,
+        title="NSGA-II (a multi-objective evolutionary algorithm)",
     ),
     "random": SamplerEntry(
         lambda p: optuna.samplers.RandomSampler(seed=p.seed, **p.options),
         categorical=True,
         multi_objective=True,
+        title="random search",
     ),
     "qmc": SamplerEntry(
         lambda p: _experimental(
@@ -147,6 +155,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
         ),
         categorical=False,
         multi_objective=True,
+        title="quasi-Monte Carlo sampling (scrambled Sobol points)",
     ),
 }
 SAMPLER_NAMES = (AUTO, *SAMPLERS)  # what a spec or --sampler may name

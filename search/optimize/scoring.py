@@ -10,12 +10,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mergesearch import evaluators
-from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.errors import ConfigError, did_you_mean
 from mergesearch.search.errors import SpecError
 from mergesearch.search.spec.schema import Objective, SearchSpec
 
@@ -74,7 +74,26 @@ class Scorer:
                     built[cache_key] = _build(spec, name, options)
                 group.evaluator = built[cache_key]
             self._groups[split] = list(groups.values())
+        self._check_metrics()
         self.directions = {o.name: self._direction(o) for o in self.objectives}
+
+    def _check_metrics(self) -> None:
+        """Each objective's metric against what its evaluator says it produces, where it can
+        say so before scoring (lm-eval knows each task's metrics and filters): a typo is one
+        line now, not a failed trial in a study that then exists."""
+        for split, groups in self._groups.items():
+            for group in groups:
+                produced = _produced(group.evaluator)
+                for objective in group.objectives:
+                    task, _, metric = objective.metric_key(split).rpartition("/")
+                    if task not in produced or metric in produced[task]:
+                        continue
+                    known = sorted(produced[task])
+                    raise SpecError(
+                        f"{self.spec.source}: objectives.{objective.name}.metric: task "
+                        f"{task!r} produces no metric {metric!r}{did_you_mean(metric, known)}; "
+                        f"it produces: {', '.join(known) or 'nothing'}"
+                    )
 
     def splits(self) -> list[str]:
         return list(self._groups)
@@ -219,6 +238,12 @@ def _build(spec: SearchSpec, name: str, options: dict[str, Any]) -> Any:
         return evaluators.get(name, **options)
     except ConfigError as err:
         raise SpecError(f"{spec.source}: objectives: {err}") from None
+
+
+def _produced(evaluator: Any) -> Mapping[str, Collection[str]]:
+    """``{task: metric names}`` an evaluator reports before it scores, or nothing."""
+    names = getattr(evaluator, "metric_names", None)
+    return names() if callable(names) else {}
 
 
 def _takes_tasks(name: str) -> bool:

@@ -184,7 +184,7 @@ class SearchSpace:
         if method.base == BaseRole.IGNORED:
             return None
         if self.spec.sources.base:
-            return "base"
+            return self.spec.sources.base_name
         return next(iter(self.spec.sources.models)) if method.base == BaseRole.REQUIRED else None
 
     # ------------------------------------------------------------------ trials and configs

@@ -53,6 +53,7 @@ from mergesearch.search.optimize import attachments, versions
 from mergesearch.search.optimize.objective import LiveModel, TrialRunner
 from mergesearch.search.optimize.preflight import check_against_sources
 from mergesearch.search.optimize.progress import Progress
+from mergesearch.search.optimize.resources import check_fit, resolve_device
 from mergesearch.search.optimize.samplers import (
     is_baseline,
     make_pruner,
@@ -108,6 +109,9 @@ def run_search(
     # sources before storage: a refused spec leaves no empty study behind
     num_layers = _check_sources(spec, merger, baselines)
     check_against_sources(spec, merger, num_layers)
+    # the device and the memory before storage too: a search that cannot fit leaves no study
+    device = resolve_device(spec)
+    check_fit(spec, merger, list(baselines.values()), device)
     # evaluators (tasks, metrics) before storage too: a typo leaves no study behind
     scorer = Scorer(spec)
     storage = open_storage(
@@ -140,7 +144,9 @@ def run_search(
         poll_seconds=min(spec.heartbeat.interval, 5),
         retry=retry_once(),
     )
-    runner = TrialRunner(spec, space, scorer, LiveModel(merger), baselines, spec_version=version)
+    runner = TrialRunner(
+        spec, space, scorer, LiveModel(merger, device), baselines, spec_version=version
+    )
     # Always enter the loop: with the budget handed out, trials running on other workers may
     # still die and need a retry here; ``ask`` returns at once when there is nothing to wait for.
     bar = Progress(max(remaining, 0) or None, enabled=progress, scorer=scorer)
@@ -307,8 +313,7 @@ def _enqueue_baselines(
     present = {
         t.user_attrs.get(A.BASELINE)
         for t in study.get_trials(deepcopy=False, states=live)
-        if is_baseline(t)
-        and (t.state == TrialState.WAITING or versions.version_of(t) == version)
+        if is_baseline(t) and (t.state == TrialState.WAITING or versions.version_of(t) == version)
     }
     for name in baselines:
         if name not in present:

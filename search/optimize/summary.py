@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mergesearch.search import attrs as A
+from mergesearch.search.optimize import versions
 from mergesearch.search.optimize.samplers import is_baseline
 from mergesearch.search.optimize.significance import Gain, paired_gain
 
@@ -60,9 +61,10 @@ class Summary:
         scored = [r for r in scored if not r.label.startswith(("best", "pareto"))]
         return max(scored, key=lambda r: r.heldout_score, default=None)
 
-    def gain_lines(self, sources: list[str] | None = None) -> list[str]:
-        """How the best merge compares, held out, with the best source and the average."""
-        best = self.best[0] if len(self.best) == 1 else None
+    def gain_lines(self, sources: list[str] | None = None, row: Row | None = None) -> list[str]:
+        """How the best merge (or ``row``, one of the rows) compares, held out, with the best
+        source and the average."""
+        best = row or (self.best[0] if len(self.best) == 1 else None)
         if best is None or best.heldout_score is None:
             return []
         lines = []
@@ -83,10 +85,11 @@ class Summary:
 
     def render(self, *, gains: bool = True) -> str:
         """The table; then, with ``gains``, the best merge's held-out gains and their errors."""
-        head = ["trial", "what", *self.objectives, "score"]
+        total = "weighted" if len(self.objectives) > 1 else "score"  # the weighted sum
+        head = ["trial", "what", *self.objectives, total]
         split = self.heldout_split
         if split:
-            head += [*self.objectives, "score"]
+            head += [*self.objectives, total]
         body = []
         for r in self.rows:
             cells = [f"#{r.number}", f"{r.label} ({r.method})" if r.label != r.method else r.label]
@@ -135,12 +138,14 @@ def objective_names(study: optuna.Study) -> list[str]:
 
 
 def best_trials(study: optuna.Study, limit: int = 8) -> list[FrozenTrial]:
-    """The best non-baseline trial(s): one for a weighted sum, the Pareto front otherwise."""
+    """The best non-baseline trial(s) of the current spec version (``optimize.versions``): one
+    for a weighted sum, the Pareto front otherwise."""
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not is_baseline(t) and A.DUPLICATE_OF not in t.user_attrs
     ]
+    done = versions.of_current(study, done)
     if not done:
         return []
     signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
@@ -157,33 +162,52 @@ def best_trials(study: optuna.Study, limit: int = 8) -> list[FrozenTrial]:
 
 
 def signed_weights(study: optuna.Study) -> dict[str, float]:
-    """Each objective's weight in the held-out score: negated when it runs against the study's
-    direction; normalised to a mean for Pareto studies (as the held-out score is)."""
+    """Each objective's weight in "weighted", the one number every table ranks by: negated
+    when the objective runs against the study's direction (a Pareto study counts as
+    maximising). "weighted" is the weighted sum of the objectives, search or held out."""
     objectives = study.user_attrs.get(A.OBJECTIVES, [])
-    direction = study.directions[0].name.lower()
-    pareto = study.user_attrs.get(A.COMBINE) == "pareto"
-    total = sum(o.get("weight", 1.0) for o in objectives) or 1.0
-    weights = {}
-    for o in objectives:
-        sign = 1.0 if pareto or o.get("direction", direction) == direction else -1.0
-        weights[o["name"]] = sign * o.get("weight", 1.0) / (total if pareto else 1.0)
-    return weights
+    pareto = len(study.directions) > 1
+    direction = "maximize" if pareto else study.directions[0].name.lower()
+    return {
+        o["name"]: (1.0 if o.get("direction", direction) == direction else -1.0)
+        * o.get("weight", 1.0)
+        for o in objectives
+    }
+
+
+def weighted_sum(values: dict[str, float], weights: dict[str, float]) -> float | None:
+    """``sum(weight * value)`` over the objectives ``values`` holds (``None`` when none)."""
+    present = [name for name in weights if values.get(name) is not None]
+    if not present:
+        return None
+    return sum(weights[name] * values[name] for name in present)
 
 
 def _row(
-    trial: FrozenTrial, label: str, objectives: list[str], heldout: dict, split: str | None
+    trial: FrozenTrial,
+    label: str,
+    objectives: list[str],
+    heldout: dict,
+    split: str | None,
+    weights: dict[str, float],
 ) -> Row:
     metrics = trial.user_attrs.get(A.METRICS, {})
     search = {o: metrics[o]["search"] for o in objectives if "search" in metrics.get(o, {})}
     entry = heldout.get(str(trial.number), {}).get(split, {}) if split else {}
+    held = {o: entry[o] for o in objectives if o in entry}
+    if trial.values and len(trial.values) == 1:
+        score = trial.values[0]
+    else:  # a Pareto trial: its weighted sum, as "weighted" means everywhere
+        score = weighted_sum(dict(zip(objectives, trial.values or [], strict=False)), weights)
     return Row(
         label=label,
         number=trial.number,
         method=trial.user_attrs.get(A.METHOD) or _method_of(trial),
         search=search,
-        score=trial.values[0] if trial.values and len(trial.values) == 1 else None,
-        heldout={o: entry[o] for o in objectives if o in entry},
-        heldout_score=entry.get("score"),
+        score=score,
+        heldout=held,
+        # recomputed, not read: a study scored before "weighted" meant a sum stored a mean
+        heldout_score=weighted_sum(held, weights) if weights else entry.get("score"),
         heldout_items=dict(entry.get(A.PER_ITEM, {})),
     )
 
@@ -202,15 +226,15 @@ def summarize(study: optuna.Study) -> Summary:
     heldout = study.user_attrs.get(A.HELDOUT, {})
     splits = sorted({s for e in heldout.values() for s in e if s != A.CONFIG_HASH})
     split = "heldout" if "heldout" in splits else (splits[0] if splits else None)
+    weights = signed_weights(study) if study.user_attrs.get(A.OBJECTIVES) else {}
     rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if is_baseline(t):
-            rows.append(_row(t, t.user_attrs[A.BASELINE], objectives, heldout, split))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for t in versions.of_current(study, [t for t in done if is_baseline(t)]):
+        rows.append(_row(t, t.user_attrs[A.BASELINE], objectives, heldout, split, weights))
     best = best_trials(study)
     for t in best:
         label = "best" if len(best) == 1 else "pareto"
-        rows.append(_row(t, label, objectives, heldout, split))
-    weights = signed_weights(study) if study.user_attrs.get(A.OBJECTIVES) else {}
+        rows.append(_row(t, label, objectives, heldout, split, weights))
     return Summary(objectives, rows, split, weights)
 
 
@@ -225,29 +249,42 @@ STATE_NAMES = {
 }
 
 
-def describe_params(
-    trial: FrozenTrial, used: dict[str, list[str]] | None = None, width: int = 72
-) -> str:
-    """A short text of the parameters a trial's method read (the name of a baseline)."""
-    if is_baseline(trial):
-        return f"baseline {trial.user_attrs[A.BASELINE]}"
+def active_params(trial: FrozenTrial, used: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """The parameters the trial's method read: the space has a fixed shape (every trial
+    suggests every parameter), so the others are noise. ``used`` is the study's
+    ``method_params``; without it every parameter is shown."""
     method = trial.params.get("method") or trial.user_attrs.get(A.METHOD)
     wanted = (used or {}).get(method)
-    parts = []
-    for name, value in trial.params.items():
-        if name == "method" or (wanted is not None and name not in wanted):
-            continue
-        parts.append(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}")
+    return {
+        name: value
+        for name, value in trial.params.items()
+        if name != "method" and (wanted is None or name in wanted)
+    }
+
+
+def describe_params(
+    trial: FrozenTrial, used: dict[str, list[str]] | None = None, width: int | None = None
+) -> str:
+    """A short text of the parameters a trial's method read (the name of a baseline), cut to
+    ``width`` characters when given."""
+    if is_baseline(trial):
+        return f"baseline {trial.user_attrs[A.BASELINE]}"
+    parts = [
+        f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in active_params(trial, used).items()
+    ]
     text = " ".join(parts)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
-    """One dict per trial: number, state, what, params, per-objective search scores, value,
-    merge and eval seconds, note (duplicate, pruned stage, failure reason), best flag."""
+    """One dict per trial: number, state, what, params (text and values), per-objective search
+    scores, values, weighted (the weighted sum, for Pareto studies too), merge and eval seconds,
+    items, note (duplicate, pruned stage, failure reason), best flag, spec version."""
     objectives = objective_names(study)
     best = {t.number for t in best_trials(study)}
     used = study.user_attrs.get(A.METHOD_PARAMS)
+    weights = signed_weights(study) if study.user_attrs.get(A.OBJECTIVES) else {}
     rows = []
     trials = study.get_trials(deepcopy=False)
     retried_as = {n: t.number for t in trials for n in t.system_attrs.get(A.RETRY_HISTORY, ())[-1:]}
@@ -269,12 +306,26 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
                 "state": STATE_NAMES.get(t.state, t.state.name.lower()),
                 "what": attrs.get(A.BASELINE) or attrs.get(A.METHOD) or _method_of(t),
                 "params": describe_params(t, used),
+                "param_values": {} if is_baseline(t) else active_params(t, used),
                 "scores": {o: metrics.get(o, {}).get("search") for o in objectives},
                 "values": list(t.values) if t.values else None,
+                "weighted": _weighted_value(t, objectives, weights),
                 "merge_seconds": attrs.get(A.MERGE_SECONDS),
                 "eval_seconds": attrs.get(A.EVAL_SECONDS),
+                "items": attrs.get(A.ITEMS),
                 "note": note,
                 "best": t.number in best,
+                "spec_version": versions.version_of(t),
             }
         )
     return rows
+
+
+def _weighted_value(
+    trial: FrozenTrial, objectives: list[str], weights: dict[str, float]
+) -> float | None:
+    if not trial.values:
+        return None
+    if len(trial.values) == 1:
+        return trial.values[0]
+    return weighted_sum(dict(zip(objectives, trial.values, strict=False)), weights)

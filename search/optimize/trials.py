@@ -20,6 +20,7 @@ from mergesearch import merging
 from mergesearch.merging.errors import did_you_mean
 from mergesearch.search import attrs as A
 from mergesearch.search.errors import SpecError
+from mergesearch.search.optimize import versions
 from mergesearch.search.optimize.samplers import is_baseline
 from mergesearch.search.optimize.summary import best_trials
 
@@ -65,9 +66,10 @@ def value_name(study: optuna.Study) -> str:
 
 
 def baselines(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed baseline trials (each source alone, the average), in trial order."""
+    """Completed baseline trials (each source alone, the average) of the current spec version,
+    in trial order."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t for t in done if is_baseline(t)]
+    return versions.of_current(study, [t for t in done if is_baseline(t)])
 
 
 def baseline_name(trial: FrozenTrial) -> str | None:
@@ -75,11 +77,13 @@ def baseline_name(trial: FrozenTrial) -> str | None:
 
 
 def search_trials(study: optuna.Study, *, unique: bool = True) -> list[FrozenTrial]:
-    """Completed trials the sampler proposed; ``unique`` leaves out answered duplicates."""
+    """Completed trials the sampler proposed under the current spec version (the others were
+    scored another way); ``unique`` leaves out answered duplicates."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [
+    found = [
         t for t in done if not is_baseline(t) and not (unique and A.DUPLICATE_OF in t.user_attrs)
     ]
+    return versions.of_current(study, found)
 
 
 def method_of(trial: FrozenTrial) -> str:

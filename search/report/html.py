@@ -9,6 +9,7 @@ aside and renamed into place, so a reader never opens half a report.
 from __future__ import annotations
 
 import datetime
+import difflib
 import html
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from mergesearch.search import attrs as A
 from mergesearch.search.distributed.locate import StudyLocation
 from mergesearch.search.distributed.urls import hide_password, hide_passwords
 from mergesearch.search.optimize import trials as T
-from mergesearch.search.optimize.summary import STATE_NAMES, describe_params
+from mergesearch.search.optimize import versions
+from mergesearch.search.optimize.summary import STATE_NAMES, describe_params, summarize
 from mergesearch.search.report import plots, plots_png
 
 REPORT_NAME = "report.html"
@@ -32,6 +34,7 @@ PNG_NAMES = (
     "history.png",
     "importances.png",
     "parallel_coordinates.png",
+    "objectives.png",
     "pareto_front.png",
     "best_profile.png",
 )
@@ -82,10 +85,13 @@ def write_report(
     sections.append(
         _figure_section(
             "importances",
-            "Parameter importances",
-            "How much of the score's variation each searched parameter explains.",
+            "Parameter importances, per method",
+            "How much of the score's variation each parameter explains among one method's "
+            "trials, over the parameters that method reads (a method ignores the others). "
+            "Which method wins is in the table below.",
             plots.plotly_importances(table) if table else None,
             reason,
+            extra=_methods_table(plots.method_stats(data)),
         )
     )
     if table:
@@ -103,6 +109,22 @@ def write_report(
     )
     if enough:
         result.pngs.append(_png(out_dir, "parallel_coordinates.png", plots_png.png_parallel, data))
+
+    if len(data.objectives) >= 2:
+        pairs = plots.objective_pairs(data)
+        drawn = any(p.trials for p in pairs)
+        sections.append(
+            _figure_section(
+                "objectives",
+                "Objective against objective",
+                "Each search trial's score on one objective against another (search split); "
+                "the sources and their average as diamonds, the chosen trial as a star.",
+                plots.plotly_pairs(pairs) if drawn else None,
+                "no completed search trial with scores on both objectives",
+            )
+        )
+        if drawn:
+            result.pngs.append(_png(out_dir, "objectives.png", plots_png.png_pairs, pairs))
 
     if data.multi:
         drawable = len(data.objectives) in (2, 3) and data.search
@@ -125,8 +147,8 @@ def write_report(
             _figure_section(
                 "profile",
                 "Per-layer parameters of the chosen trial",
-                "The values the merge engine uses at each layer (gradients interpolated, "
-                "filters averaged over the layer's tensors).",
+                "The values the merge engine uses at each layer (gradients interpolated), one "
+                "line per model and tensor filter (rest: tensors no filter matches).",
                 plots.plotly_profile(profile) if profile and profile.panels else None,
                 profile.note if profile else "no chosen trial",
             )
@@ -153,7 +175,9 @@ def _png(out_dir: Path, name: str, draw, *args) -> Path:
     return path
 
 
-def _figure_section(key: str, title: str, blurb: str, fig, missing: str | None) -> str:
+def _figure_section(
+    key: str, title: str, blurb: str, fig, missing: str | None, extra: str = ""
+) -> str:
     if fig is None:
         body = f'<p class="missing">Not drawn: {html.escape(missing or "no data")}.</p>'
     else:
@@ -162,7 +186,21 @@ def _figure_section(key: str, title: str, blurb: str, fig, missing: str | None) 
         )
     return (
         f'<section id="{key}"><h2>{html.escape(title)}</h2>'
-        f"<p>{html.escape(blurb)}</p>{body}</section>"
+        f"<p>{html.escape(blurb)}</p>{extra}{body}</section>"
+    )
+
+
+def _methods_table(stats: list[plots.MethodStats]) -> str:
+    if not stats:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(s.method)}</td><td>{s.trials}</td><td>{_num(s.best)}</td>"
+        f"<td>{_num(s.mean)}</td></tr>"
+        for s in stats
+    )
+    return (
+        '<table id="methods"><thead><tr><th>method</th><th>search trials</th>'
+        f"<th>best weighted</th><th>mean weighted</th></tr></thead><tbody>{rows}</tbody></table>"
     )
 
 
@@ -184,7 +222,8 @@ def _top_table(study: optuna.Study, top: int) -> str:
     names = [o.name for o in T.objectives(study)]
     split = T.heldout_split(study)
     ranked = sorted(T.search_trials(study), key=T.rank_key(study))[:top]
-    value_head = "weighted" if T.is_multi_objective(study) else T.value_name(study)
+    value_head = "weighted" if len(names) > 1 else T.value_name(study)
+    used = study.user_attrs.get(A.METHOD_PARAMS)  # a row shows what its method reads, only
     head = ["rank", "trial", "method", "parameters", value_head]
     head += [f"{n} (search)" for n in names]
     if split:
@@ -197,7 +236,7 @@ def _top_table(study: optuna.Study, top: int) -> str:
                 str(rank),
                 f"#{t.number}",
                 T.method_of(t),
-                describe_params(t, width=90),
+                describe_params(t, used),
                 _num(T.weighted(study, t)),
                 *_scores_cells(study, t, names, split),
                 _num(t.user_attrs.get(A.MERGE_SECONDS)),
@@ -256,11 +295,79 @@ def _chosen_block(study: optuna.Study, chosen: FrozenTrial | None, why: str) -> 
         + "</tr></table>"
     )
     config = chosen.user_attrs.get(A.MERGE_CONFIG, "")
+    gains = "".join(f"<li>{html.escape(line)}</li>" for line in _gain_lines(study, chosen))
     return (
         f'<p id="chosen">Trial <b>#{chosen.number}</b> ({html.escape(T.method_of(chosen))}): '
         f"{html.escape(why)}. Export it with <code>mergesearch export</code>.</p>{table}"
-        f"<h3>Merge config</h3><pre>{html.escape(config)}</pre>"
+        + (f'<ul id="gains">{gains}</ul>' if gains else "")
+        + f"<h3>Merge config</h3><pre>{html.escape(config)}</pre>"
+        + _config_diff(study, chosen)
     )
+
+
+def _gain_lines(study: optuna.Study, chosen: FrozenTrial) -> list[str]:
+    """The chosen trial's held-out gain over the best source and the average, each with its
+    paired standard error (``optimize.significance``)."""
+    summary = summarize(study)
+    row = next((r for r in summary.rows if r.number == chosen.number), None)
+    return summary.gain_lines(row=row) if row is not None else []
+
+
+def _config_diff(study: optuna.Study, chosen: FrozenTrial) -> str:
+    """The chosen config against the average baseline's, line by line (what the search
+    changed from the obvious merge)."""
+    average = next((t for t in T.baselines(study) if T.baseline_name(t) == "average"), None)
+    ours = chosen.user_attrs.get(A.MERGE_CONFIG, "")
+    if average is None or not ours or average.number == chosen.number:
+        return ""
+    theirs = average.user_attrs.get(A.MERGE_CONFIG, "")
+    lines = []
+    for line in difflib.unified_diff(
+        theirs.splitlines(),
+        ours.splitlines(),
+        fromfile=f"average of the sources (trial {average.number})",
+        tofile=f"trial {chosen.number}",
+        lineterm="",
+    ):
+        kind = "add" if line.startswith("+") else "del" if line.startswith("-") else "ctx"
+        lines.append(f'<span class="{kind}">{html.escape(line)}</span>')
+    return (
+        "<h3>Against the average of the sources</h3>"
+        f'<pre id="config-diff">{chr(10).join(lines)}</pre>'
+    )
+
+
+def _spec_versions(study: optuna.Study, chosen: FrozenTrial | None) -> str:
+    """Each spec the study's trials ran under, with the trials it covers."""
+    history = versions.versions(study)
+    if not any(v.spec for v in history):
+        return ""
+    blocks = []
+    for i, version in enumerate(history):
+        last = history[i + 1].first_trial - 1 if i + 1 < len(history) else len(study.trials) - 1
+        ran = f"trials {version.first_trial}–{last}" if last >= version.first_trial else "no trial"
+        mark = ""
+        if chosen is not None and versions.version_of(chosen) == version.number:
+            mark = ", the chosen trial's"
+        title = (
+            f"Search spec, version {version.number} ({ran}{mark})"
+            if len(history) > 1
+            else "Search spec"
+        )
+        spec = hide_passwords(version.spec)  # a study made before the rule
+        opened = " open" if i == len(history) - 1 and len(history) > 1 else ""
+        blocks.append(
+            f'<details class="spec"{opened}><summary>{html.escape(title)}</summary>'
+            f"<pre>{html.escape(spec)}</pre></details>"
+        )
+    note = ""
+    if len(history) > 1:
+        note = (
+            "<p>The objectives or sources changed during the study (resumed with "
+            "<code>--allow-spec-change</code>); tables and plots show the trials of the last "
+            "version only, as scores of different versions are not comparable.</p>"
+        )
+    return f'<section id="spec">{note}{"".join(blocks)}</section>'
 
 
 STYLE = """
@@ -270,6 +377,8 @@ table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 td:nth-child(3),td:nth-child(4),th{text-align:left}
 tr.baseline{background:#f3f7fb;font-style:italic} .missing{color:#888}
+#config-diff .add{color:#116329;background:#e6ffec} #config-diff .del{color:#82071e;background:#ffebe9}
+#config-diff span{display:block}
 .facts td{text-align:left;border:none;padding:.1em 1em .1em 0}
 """
 
@@ -291,7 +400,6 @@ def _page(
     combine = study.user_attrs.get(A.COMBINE) or (
         "pareto" if T.is_multi_objective(study) else "single value"
     )
-    spec = hide_passwords(study.user_attrs.get(A.SPEC) or "")  # a study made before the rule
     facts = [
         ("storage", hide_password(location.storage_url)),
         ("objectives", objectives),
@@ -301,11 +409,7 @@ def _page(
     facts_html = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts
     )
-    spec_html = (
-        f"<details><summary>Search spec</summary><pre>{html.escape(spec)}</pre></details>"
-        if spec
-        else ""
-    )
+    spec_html = _spec_versions(study, chosen)
     links = ", ".join(f'<a href="{PLOTS_DIR}/{p.name}">{p.name}</a>' for p in pngs) or "none"
     title = f"mergesearch report: {study.study_name}"
     return f"""<!DOCTYPE html>

@@ -28,7 +28,10 @@ def check_spec(spec: SearchSpec) -> None:
             )
         method = known[name]
         if method.base == BaseRole.REQUIRED and not spec.sources.base and len(models) < 2:
-            raise SpecError(f"{src}: sources.base: merge method {name!r} needs a base model")
+            raise SpecError(
+                f"{src}: sources.base: merge method {name!r} needs a base model "
+                f"({method.base_name}); give sources.base: PATH (or {{name: PATH}} to name it)"
+            )
         takes = {**method.per_model_params, **method.global_params}
         if method.stacks_layers:  # searched by its slices, not by parameters
             if not override.slices:
@@ -62,6 +65,7 @@ def check_spec(spec: SearchSpec) -> None:
             raise SpecError(
                 f"{src}: sources.models: merge method {name!r} takes at most {method.max_inputs} "
                 f"model(s) besides the base, the spec lists {len(space_inputs)}"
+                + _base_hint(spec, method)
             )
         if len(space_inputs) < method.min_inputs:
             raise SpecError(
@@ -95,6 +99,22 @@ def check_spec(spec: SearchSpec) -> None:
             method = known[name]
             if param in method.global_params or param in method.per_model_params:
                 _check_value(spec, f"parameters.{param}", name, param, value)
+
+
+def _base_hint(spec: SearchSpec, method: merging.MergeMethod) -> str:
+    """How to give a method that takes the base and one other model what it needs."""
+    if method.base == BaseRole.IGNORED:
+        return ""
+    if spec.sources.base:
+        return (
+            f"; {method.name} merges its {method.base_name} (sources.base) with one model: "
+            "move one model to sources.base in place of the current one, or leave "
+            f"sources.base out (the first model then serves as the {method.base_name})"
+        )
+    return (
+        f"; {method.name} merges a base (its {method.base_name}) with one model: put one of "
+        "them under sources.base (a mapping {name: PATH} names it)"
+    )
 
 
 def _inputs(spec: SearchSpec, method_name: str) -> list[str]:

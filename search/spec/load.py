@@ -26,6 +26,8 @@ OVERRIDES = {
     "sampler": ("sampler", "name"),
     "seed": ("seed",),
     "threads": ("threads",),
+    "device": ("device",),
+    "memory_limit_gb": ("memory_limit_gb",),
     "pruner": ("pruner", "name"),
     "heartbeat": ("heartbeat", "interval"),
     "grace_period": ("heartbeat", "grace_period"),

@@ -44,6 +44,7 @@ from mergesearch.search.spec.values import (
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DEVICE_RE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
 RESERVED_SOURCE_NAMES = ("base", "average")
 
 
@@ -51,8 +52,26 @@ RESERVED_SOURCE_NAMES = ("base", "average")
 
 
 class Sources(Frozen):
+    """``base`` is a path or Hub id (its name is then ``base``) or a one-entry mapping
+    ``{name: path}`` that names it: for SLERP the base is the t=0 end, and tables, plots and
+    cards then call it by its own name."""
+
     base: str | None = None
+    base_name: str = "base"
     models: dict[str, str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_base(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("base"), dict):
+            named = data["base"]
+            if len(named) != 1:
+                raise ValueError(
+                    "base: give one path or Hub id, or one name: path entry to name it"
+                )
+            ((name, path),) = named.items()
+            data = {**data, "base": path, "base_name": str(name)}
+        return data
 
     @field_validator("models")
     @classmethod
@@ -68,10 +87,24 @@ class Sources(Frozen):
                 raise ValueError(f"model name {name!r} is reserved; pick another name")
         return models
 
+    @field_validator("base_name")
+    @classmethod
+    def _base_name(cls, name: str) -> str:
+        if not NAME_RE.match(name) or name == "average":
+            raise ValueError(
+                f"base name {name!r} must start with a letter and use letters, digits, _ or -"
+                " (and not be 'average')"
+            )
+        return name
+
     @model_validator(mode="after")
     def _distinct(self) -> Sources:
         """Two names for one model weight it twice in every merge and make the baselines
         repeat: almost certainly a copy-paste slip."""
+        if self.base and self.base_name in self.models:
+            raise ValueError(
+                f"base name {self.base_name!r} is also a model name; name the base another way"
+            )
         seen: dict[str, str] = {}
         for name in self.names():
             path = self.path(name)
@@ -86,11 +119,13 @@ class Sources(Frozen):
         return self
 
     def names(self) -> list[str]:
-        """Every source name: ``base`` first when there is one."""
-        return (["base"] if self.base else []) + list(self.models)
+        """Every source name: the base's first when there is one."""
+        return ([self.base_name] if self.base else []) + list(self.models)
 
     def path(self, name: str) -> str:
-        return self.base if name == "base" else self.models[name]  # type: ignore[return-value]
+        if self.base and name == self.base_name:
+            return self.base
+        return self.models[name]
 
 
 class SliceSpec(Frozen):
@@ -274,6 +309,10 @@ class SearchSpec(Frozen):
     threads: int = Field(default=1, ge=1)
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
     cache_gb: float = Field(default=2.0, ge=0)
+    # where the live model lives and is evaluated: cpu, cuda, cuda:N, or auto (a GPU if any)
+    device: str = "cpu"
+    # the memory the search may use, in GB (default: what the machine has available now)
+    memory_limit_gb: float | None = Field(default=None, gt=0)
     sources: Sources
     methods: Annotated[dict[str, MethodSpec], PlainValidator(_parse_methods)]
     parameters: dict[str, ParamValue] = Field(default_factory=dict)
@@ -295,6 +334,13 @@ class SearchSpec(Frozen):
         if not STUDY_RE.match(name):
             raise ValueError(f"study name {name!r} may use letters, digits, '.', '_' and '-'")
         return name
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not DEVICE_RE.match(device):
+            raise ValueError(f"device {device!r}: use cpu, cuda, cuda:N (a GPU index) or auto")
+        return device
 
     @field_validator("sampler", "pruner", mode="before")
     @classmethod

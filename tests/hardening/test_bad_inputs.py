@@ -240,6 +240,12 @@ def _(c: Ctx) -> list[str]:
     return ["merge", "cfg.yaml", "cfg.yaml", "--overwrite", "--no-progress"]
 
 
+@case("merge: --overwrite onto a file of the user", 2, "notes.txt", "is a file, not a folder")
+def _(c: Ctx) -> list[str]:
+    c.file("notes.txt", "mine\n")
+    return [*c.merge(c.ties("a", "b"))[:2], str(c.tmp / "notes.txt"), "--overwrite"]
+
+
 @case("merge: --overwrite onto the home folder", 2, "is your home folder")
 def _(c: Ctx) -> list[str]:
     home = c.tmp / "home"
@@ -717,7 +723,7 @@ def test_there_are_enough_cases():
         "demo",
         "dashboard",
     }
-    assert len(CASES) >= 87
+    assert len(CASES) >= 88
 
 
 # one light and one heavy command each way: a process costs seconds of imports

@@ -21,6 +21,7 @@ from optuna.trial import TrialState, create_trial
 
 from mergesearch import merging
 from mergesearch.search import attrs as A
+from mergesearch.search.optimize import attachments
 from mergesearch.search.optimize.space import SearchSpace
 from mergesearch.search.spec.load import load_spec
 from tests.helpers.tiny_models import make_llama_family
@@ -103,6 +104,7 @@ def make_study(
     study.set_user_attr(A.SPEC, spec.to_yaml())
     study.set_user_attr(A.SOURCES, {n: spec.sources.path(n) for n in spec.sources.names()})
     study.set_user_attr(A.SPACE, space.fingerprint())
+    study.set_user_attr(A.METHOD_PARAMS, space.used)
     study.set_user_attr(
         A.OBJECTIVES,
         [
@@ -111,6 +113,9 @@ def make_study(
         ],
     )
     study.set_user_attr(A.COMBINE, spec.combine)
+    # what the search leaves for optuna-dashboard (search.optimize.attachments)
+    attachments.name_metrics(study, list(OBJECTIVES) if pareto else ["weighted score"])
+    attachments.save_spec_note(study)
 
     def values(s: dict[str, float]) -> list[float]:
         return [s["rev"], s["up"]] if pareto else [0.5 * s["rev"] + 0.5 * s["up"]]
@@ -123,16 +128,19 @@ def make_study(
     }
     for label, data in space.baselines().items():
         s = baseline_scores[label]
+        text = _config_yaml(data)
+        key, meta = attachments.artifact_meta(name, len(study.trials), text)
         study.add_trial(
             create_trial(
                 values=values(s),
                 user_attrs={
                     A.BASELINE: label,
-                    A.MERGE_CONFIG: _config_yaml(data),
+                    A.MERGE_CONFIG: text,
                     A.METRICS: {o: {"search": s[o]} for o in OBJECTIVES},
                     A.MERGE_SECONDS: 0.01,
                     A.EVAL_SECONDS: 0.5,
                 },
+                system_attrs={key: meta},
             )
         )
 
@@ -144,6 +152,7 @@ def make_study(
         config = space.config(params)
         trial.set_user_attr(A.METHOD, space.method_of(params))
         trial.set_user_attr(A.MERGE_CONFIG, _config_yaml(config))
+        attachments.attach_config(trial, trial.user_attrs[A.MERGE_CONFIG])
         if i == 3:
             trial.set_user_attr(A.FAIL_REASON, "merge: NonFiniteError: merged tensor is NaN")
             study.tell(trial, state=TrialState.FAIL)
@@ -163,6 +172,7 @@ def make_study(
     dup.set_user_attr(A.DUPLICATE_OF, earlier.number)
     for key in (A.METHOD, A.MERGE_CONFIG, A.METRICS, A.MERGE_SECONDS, A.EVAL_SECONDS):
         dup.set_user_attr(key, earlier.user_attrs[key])
+    attachments.attach_config(dup, dup.user_attrs[A.MERGE_CONFIG])
     study.tell(dup, list(earlier.values))
 
     from mergesearch.search.optimize.summary import best_trials

@@ -5,7 +5,10 @@ test exercises the same requests as a real upload: ``POST /api/repos/create``, `
 /api/models/{repo}/preupload/{rev}`` (every file answered ``regular``: sent inline, no LFS or
 Xet), ``POST /api/models/{repo}/commit/{rev}`` (NDJSON, base64 contents) and ``POST
 /api/models/{repo}/branch/{name}`` and ``POST /api/validate-yaml`` (the card's front matter,
-checked before anything is sent). Anything else is answered 404 and recorded in
+checked before anything is sent). Pull requests: ``POST /api/models/{repo}/discussions`` opens
+one on a new ``refs/pr/<n>`` branch and ``GET .../discussions/<n>`` describes it (what the
+client does for ``create_pr``), and a commit with ``?create_pr=1`` opens one too. Each commit's
+message is kept (``Repo.messages``). Anything else is answered 404 and recorded in
 ``unhandled``, so a client upgrade that needs a new endpoint shows up as a clear test failure.
 
     with HubStub() as hub:
@@ -29,11 +32,13 @@ import yaml
 
 REPO = r"(?P<repo>[^/]+/[^/]+|[^/]+)"
 ROUTES = (
-    ("create", re.compile(r"^/api/repos/create$")),
-    ("validate-yaml", re.compile(r"^/api/validate-yaml$")),
-    ("preupload", re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>[^/]+)$")),
-    ("commit", re.compile(rf"^/api/models/{REPO}/commit/(?P<rev>[^/]+)$")),
-    ("branch", re.compile(rf"^/api/models/{REPO}/branch/(?P<rev>[^/]+)$")),
+    ("POST", "create", re.compile(r"^/api/repos/create$")),
+    ("POST", "validate-yaml", re.compile(r"^/api/validate-yaml$")),
+    ("POST", "preupload", re.compile(rf"^/api/models/{REPO}/preupload/(?P<rev>[^/]+)$")),
+    ("POST", "commit", re.compile(rf"^/api/models/{REPO}/commit/(?P<rev>[^/]+)$")),
+    ("POST", "branch", re.compile(rf"^/api/models/{REPO}/branch/(?P<rev>[^/]+)$")),
+    ("POST", "open-pr", re.compile(rf"^/api/models/{REPO}/discussions$")),
+    ("GET", "pr", re.compile(rf"^/api/models/{REPO}/discussions/(?P<num>\d+)$")),
 )
 
 
@@ -42,6 +47,8 @@ class Repo:
     private: bool
     branches: dict[str, dict[str, bytes]] = field(default_factory=lambda: {"main": {}})
     commits: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # each commit's summary
+    pull_requests: int = 0
 
 
 class HubStub:
@@ -75,7 +82,7 @@ class HubStub:
 
     # ---------------------------------------------------------------- endpoint logic
 
-    def handle(self, kind: str, match: re.Match, body: bytes) -> tuple[int, Any]:
+    def handle(self, kind: str, match: re.Match, body: bytes, query: str = "") -> tuple[int, Any]:
         if kind == "create":
             data = json.loads(body)
             repo_id = (
@@ -98,10 +105,16 @@ class HubStub:
             return 200, {"url": self._url(repo_id), "name": repo_id}
         if kind == "validate-yaml":
             return _validate_card(json.loads(body)["content"])
-        repo_id, rev = unquote(match["repo"]), unquote(match["rev"])
+        repo_id = unquote(match["repo"])
         repo = self.repos.get(repo_id)
         if repo is None:
             return 404, {"error": f"Repository not found: {repo_id}"}
+        if kind == "open-pr":
+            with self.lock:
+                return 200, {"num": self._open_pr(repo)}
+        if kind == "pr":
+            return self._pr(repo_id, repo, int(match["num"]))
+        rev = unquote(match["rev"])
         if kind == "branch":
             with self.lock:
                 if rev in repo.branches:
@@ -118,11 +131,14 @@ class HubStub:
                     for f in files
                 ]
             }
-        return self._commit(repo_id, repo, rev, body)
+        return self._commit(repo_id, repo, rev, body, create_pr="create_pr=1" in query)
 
-    def _commit(self, repo_id: str, repo: Repo, rev: str, body: bytes) -> tuple[int, Any]:
+    def _commit(
+        self, repo_id: str, repo: Repo, rev: str, body: bytes, *, create_pr: bool = False
+    ) -> tuple[int, Any]:
         added: dict[str, bytes] = {}
         deleted: list[str] = []
+        message = ""
         for line in body.splitlines():
             if not line.strip():
                 continue
@@ -134,19 +150,50 @@ class HubStub:
                 added[value["path"]] = base64.b64decode(value["content"])
             elif key in ("deletedFile", "deletedFolder"):
                 deleted.append(value["path"])
-            elif key != "header":
+            elif key == "header":
+                message = value.get("summary", "")
+            else:
                 return 400, {"error": f"this stand-in cannot take {key!r} (LFS/Xet) entries"}
         oid = hashlib.sha1(body).hexdigest()
+        answer: dict[str, Any] = {}
         with self.lock:
+            if create_pr:
+                num = self._open_pr(repo)
+                rev = f"refs/pr/{num}"
+                answer["pullRequestUrl"] = f"{self._url(repo_id)}/discussions/{num}"
             files = repo.branches[rev]
             for path in deleted:
                 files.pop(path, None)
             files.update(added)
             repo.commits.append(oid)
+            repo.messages.append(message)
         return 200, {
             "success": True,
             "commitOid": oid,
             "commitUrl": f"{self._url(repo_id)}/commit/{oid}",
+            **answer,
+        }
+
+    def _open_pr(self, repo: Repo) -> int:
+        """A new pull request's number; its branch starts as main (call under the lock)."""
+        repo.pull_requests += 1
+        repo.branches[f"refs/pr/{repo.pull_requests}"] = dict(repo.branches["main"])
+        return repo.pull_requests
+
+    def _pr(self, repo_id: str, repo: Repo, num: int) -> tuple[int, Any]:
+        if not 0 < num <= repo.pull_requests:
+            return 404, {"error": f"Discussion not found: {num}"}
+        return 200, {
+            "title": f"pull request {num}",
+            "num": num,
+            "author": {"name": "me"},
+            "createdAt": "2026-01-01T00:00:00.000Z",
+            "status": "draft",
+            "repo": {"name": repo_id, "type": "model"},
+            "isPullRequest": True,
+            "changes": {"base": "refs/heads/main"},
+            "filesWithConflicts": [],
+            "events": [],
         }
 
     def _url(self, repo_id: str) -> str:
@@ -200,7 +247,7 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
 
         def _dispatch(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             body = self._body()
             with stub.lock:
                 stub.requests.append((self.command, path))
@@ -208,10 +255,10 @@ def _handler(stub: HubStub) -> type[BaseHTTPRequestHandler]:
                 auth = self.headers.get("Authorization")
                 if auth:
                     stub.authorizations.add(auth)
-            for kind, pattern in ROUTES:
+            for method, kind, pattern in ROUTES:
                 match = pattern.match(path)
-                if match and self.command == "POST":
-                    self._answer(*stub.handle(kind, match, body))
+                if match and self.command == method:
+                    self._answer(*stub.handle(kind, match, body, query))
                     return
             with stub.lock:
                 stub.unhandled.append((self.command, path))

@@ -309,15 +309,42 @@ def test_output_files_and_metadata(family, tmp_path):
         "config.json",
         "tokenizer.json",
         "generation_config.json",
-        "mergesearch_config.yml",
+        "mergekit_config.yml",
+        "README.md",
     } <= names
+    assert "mergesearch_config.yml" not in names  # one copy of the config, mergekit's name
+    from huggingface_hub import metadata_load
     from transformers import AutoConfig, AutoTokenizer
 
     assert AutoConfig.from_pretrained(out_dir).dtype == torch.bfloat16
     AutoTokenizer.from_pretrained(out_dir)
-    again = load_merge_config(out_dir / "mergesearch_config.yml")
+    again = load_merge_config(out_dir / "mergekit_config.yml")
     assert again.to_dict() == load_merge_config(cfg).to_dict()
+    card = (out_dir / "README.md").read_text()
+    meta = metadata_load(out_dir / "README.md")
+    assert meta["tags"] == ["merge", "mergekit", "mergesearch"]
+    assert "base_model" not in meta  # local folders are not Hub ids
+    assert "`linear`: a weighted average" in card and "arxiv.org/abs/2203.05482" in card
+    assert (out_dir / "mergekit_config.yml").read_text().rstrip("\n") in card
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_the_written_yaml_carries_the_seed_a_random_merge_used(family, tmp_path):
+    base, a, b = (str(p) for p in family[:3])
+    cfg = {
+        "models": [{"model": m, "parameters": {"weight": 0.5, "density": 0.5}} for m in (a, b)],
+        "base_model": base,
+        "merge_method": "dare_ties",
+    }
+    out_dir = run_merge(cfg, tmp_path / "out", seed=11, progress=False)
+    assert load_merge_config(out_dir / "mergekit_config.yml").seed == 11
+    again = run_merge(out_dir / "mergekit_config.yml", tmp_path / "again", progress=False)
+    first, second = load_state(out_dir), load_state(again)
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    assert (
+        "`seed: 11` makes `mergesearch merge` rebuild these exact tensors"
+        in (out_dir / "README.md").read_text()
+    )
 
 
 def test_failure_midway_leaves_nothing(family, tmp_path, monkeypatch):

@@ -99,3 +99,14 @@ def test_training_words_avoid_the_targets_evaluation_words():
     drawn = {next(words) for _ in range(20000)}
     assert not drawn & demo_tasks.eval_words(TARGETS)
     assert demo_tasks.eval_words(TARGETS) > demo_tasks.eval_words()  # the demo's words too
+
+
+def test_specialists_replay_the_other_targets_only_when_asked():
+    from mergesearch.search.demo.family import specialist_mixture
+
+    plain = specialist_mixture("up", SMALL)
+    assert "copy" not in plain and plain["up"] == 0.5
+    assert sum(plain.values()) == pytest.approx(1.0)
+    replay = specialist_mixture("up", DemoRecipe(targets=TARGETS, replay_targets=True))
+    assert replay["copy"] > 0 and replay["up"] == 0.5
+    assert sum(replay.values()) == pytest.approx(1.0)

@@ -117,10 +117,13 @@ class Workers:
         )
 
     def kill_all(self) -> None:
+        """SIGKILL every worker at once: one killed after another would give the survivor a
+        moment to find the first one dead (by its pid) and take over its trial."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+        for proc in self.procs:
+            proc.wait()
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mergesearch import merging
+from mergesearch.merging import card
 from mergesearch.merging.atomic import TEMP_MARK
 from mergesearch.search.cli import main
-from mergesearch.search.export import model_card
-from mergesearch.search.export.exporter import yaml_path_for
 from tests.helpers.fake_study import make_study
 from tests.helpers.tiny_models import load_state
 
@@ -58,13 +57,14 @@ def test_export_equals_the_candidate_and_its_yaml_reproduces_it(single, tmp_path
 
     text = trial.user_attrs["merge_config"]
     assert (out / "mergekit_config.yml").read_text() == text
-    assert yaml_path_for(out).read_text() == text
+    assert not (tmp_path / "exported.yaml").exists()  # one copy of the config, in the folder
     again = tmp_path / "again"
     assert main(["merge", str(out / "mergekit_config.yml"), str(again), "--no-progress"]) == 0
     rebuilt = load_state(again)
     assert all(torch.equal(rebuilt[n], t) for n, t in exported.items())
     other_seed = tmp_path / "seed8"
-    assert main(["merge", str(yaml_path_for(out)), str(other_seed), "--seed", "8"]) == 0
+    argv = ["merge", str(out / "mergekit_config.yml"), str(other_seed), "--seed", "8"]
+    assert main(argv) == 0
     assert not all(torch.equal(load_state(other_seed)[n], t) for n, t in exported.items())
 
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -77,7 +77,7 @@ def test_export_equals_the_candidate_and_its_yaml_reproduces_it(single, tmp_path
 
     card = (out / "README.md").read_text()
     meta = _front_matter(card)
-    assert meta["tags"] == ["merge", "mergesearch"]
+    assert meta["tags"] == ["merge", "mergekit", "mergesearch"]
     assert meta["library_name"] == "transformers"
     assert "base_model" not in meta  # the sources are local folders, not Hub ids
     assert f"This is trial {trial.number}" in card and "dare_ties" in card
@@ -92,7 +92,8 @@ def test_default_export_is_the_best_and_refuses_to_overwrite(single, capsys):
     out = capsys.readouterr().out
     assert f"to {results / 'best'}" in out
     assert "best of" in out and "(heldout)" in (results / "best" / "README.md").read_text()
-    assert (results / "best.yaml").is_file()
+    assert (results / "best" / "mergekit_config.yml").is_file()
+    assert not (results / "best.yaml").exists()
     assert main(["export", str(results), "--no-progress"]) == 2
     assert "output folder exists; pass --overwrite" in capsys.readouterr().err
     stamp = (results / "best" / "config.json").stat().st_mtime_ns
@@ -136,13 +137,13 @@ def test_card_metadata(tmp_path, monkeypatch):
     same = merging.load_merge_config(
         {"merge_method": "linear", "models": [{"model": "a"}, {"model": "b"}, {"model": "org/x"}]}
     )
-    meta = model_card.front_matter(same)
+    meta = card.card_data(same).to_dict()
     assert meta["base_model"] == ["org/x"] and meta["base_model_relation"] == "merge"
     assert meta["license"] == "apache-2.0"
     mixed = merging.load_merge_config(
         {"merge_method": "linear", "models": [{"model": "a"}, {"model": "c"}]}
     )
-    meta = model_card.front_matter(mixed)
+    meta = card.card_data(mixed).to_dict()
     assert meta["license"] == "other" and "base_model" not in meta
 
 
@@ -174,7 +175,7 @@ def test_killed_export_leaves_nothing_complete(tmp_path, single):
     proc.wait()
     proc.stderr.close()
 
-    assert not out.exists() and not yaml_path_for(out).exists()
+    assert not out.exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers and all(TEMP_MARK in name for name in leftovers)
 
@@ -185,10 +186,10 @@ def test_killed_export_leaves_nothing_complete(tmp_path, single):
 
 def test_real_search_study_reports_and_exports_its_candidate(family, tmp_path, capsys):
     """A study made by ``run_search`` (the probe evaluator scores in microseconds): report,
-    dashboard preparation and export read it, and the export equals the evaluated candidate."""
+    dashboard artifacts and export read it, and the export equals the evaluated candidate."""
     from mergesearch.search import run_search
     from mergesearch.search.distributed.locate import open_study
-    from mergesearch.search.report import dashboard
+    from mergesearch.search.optimize.attachments import artifact_meta
     from tests.helpers import probe
     from tests.helpers.specs import make_spec
 
@@ -202,9 +203,11 @@ def test_real_search_study_reports_and_exports_its_candidate(family, tmp_path, c
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
     assert 'id="plot-history"' in page and 'id="plot-profile"' in page
-    study, location = open_study(str(tmp_path))
-    dashboard.prepare(study, location)
-    assert len(list((tmp_path / "artifacts").iterdir())) == len(study.trials)
+    study, _ = open_study(str(tmp_path))
+    # the search attached each trial's merge config for the dashboard, as it ran
+    for trial in study.trials:
+        key, meta = artifact_meta("t", trial.number, trial.user_attrs["merge_config"])
+        assert trial.system_attrs[key] == meta
 
     assert main(["export", str(tmp_path), "--no-progress"]) == 0
     number = int(capsys.readouterr().out.split("exported trial ")[1].split()[0])

@@ -120,3 +120,39 @@ def test_upload_failure_is_one_line_without_the_token(exported, tmp_path, monkey
     err = capsys.readouterr().err
     assert "upload of" in err and "failed" in err and "403" in err
     assert SENTINEL not in err and len(err.strip().splitlines()) == 1
+
+
+def test_upload_flags_follow_hf_upload(exported, tmp_path, monkeypatch, capsys):
+    """``--commit-message``, ``--include``/``--exclude`` and ``--create-pr`` as ``hf upload``
+    takes them."""
+    from huggingface_hub import constants
+
+    _, model = exported
+    with HubStub() as hub:
+        monkeypatch.setenv("HF_TOKEN", SENTINEL)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        argv = ["upload", str(model), "me/picked", "--commit-message", "first weights"]
+        argv += ["--include", "*.json", "--include", "*.safetensors", "--exclude", "tok*"]
+        assert main(argv) == 0
+        sent = hub.files("me/picked")
+        expected = {
+            name
+            for name in _files(model)
+            if name.endswith((".json", ".safetensors")) and not name.startswith("tok")
+        }
+        assert set(sent) == expected and "config.json" in sent and "README.md" not in sent
+        assert f"uploaded {len(expected)} files" in capsys.readouterr().out
+        assert hub.repos["me/picked"].messages == ["first weights"]
+
+        assert main(["upload", str(model), "me/picked", "--create-pr"]) == 0
+        out = capsys.readouterr().out
+        assert f"pull request: {hub.endpoint}/me/picked/discussions/1" in out
+        assert hub.files("me/picked", "refs/pr/1") == _files(model)
+        assert hub.files("me/picked") == {k: v for k, v in _files(model).items() if k in expected}
+
+        assert main(["upload", str(model), "me/picked", "--include", "*.bin"]) == 2
+        assert "--include/--exclude leave no file to upload" in capsys.readouterr().err
+        assert main(["upload", str(model), "me/picked", "--create-pr", "--revision", "v2"]) == 2
+        assert "drop --revision v2" in capsys.readouterr().err
+        assert hub.unhandled == []

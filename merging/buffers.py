@@ -1,0 +1,246 @@
+"""Memory a merge reuses: buffers lent for reads and results, and a bound on what is in flight.
+
+Fresh memory for every tensor costs a page fault per 4 KiB page the first time it is touched,
+and glibc serves tensors of real models (tens of MB and more) with mappings of their own, so a
+merge that allocates per tensor pays that on every byte it reads and computes: kernel time that
+grows with the model. A ``BufferPool`` keeps the buffers of finished tensors and lends them
+again. A model repeats a few shapes, so a buffer of the right size is almost always idle.
+
+Methods ask for their result through ``empty_like``. In a worker of the engine (``lending``)
+that is the destination itself (the live model's parameter: the result needs no copy), or an
+input the job owns that the method may overwrite (its base: one tensor less in memory), or a
+pooled buffer; anywhere else (tests, the methods called directly) it is ``torch.empty_like``.
+
+``TensorCache`` is that bound: the source tensors a search keeps between trials plus what the
+jobs in flight hold. A ``Ticket`` is one job's share of it: reserved before the job starts,
+given back as its buffers come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+
+# Below this a tensor comes from glibc's heap, which recycles small blocks by itself.
+MIN_POOLED = 1 << 20
+
+
+def nbytes(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> int:
+    """Bytes a tensor of ``shape`` and ``dtype`` holds."""
+    size = dtype.itemsize
+    for dim in shape:
+        size *= dim
+    return size
+
+
+class BufferPool:
+    """Byte buffers by size; ``take`` lends one, ``give`` takes it back for the next ``take``.
+
+    Idle plus lent bytes stay under ``max_bytes`` by dropping idle buffers when a new one is
+    needed (lent ones are bounded by the engine's ``Budget``). ``max_bytes`` 0 keeps nothing:
+    ``take`` is ``torch.empty``. ``pin`` allocates page-locked memory, which a GPU copies from
+    without staging.
+    """
+
+    def __init__(self, max_bytes: int, *, pin: bool = False):
+        self.max_bytes = max_bytes
+        self.pin = pin
+        self._idle: dict[int, list[torch.Tensor]] = {}
+        self._idle_bytes = 0
+        self._lent: dict[int, torch.Tensor] = {}  # storage address -> the buffer lent there
+        self._lent_bytes = 0
+        self._lock = threading.Lock()
+        self.allocations = 0  # buffers made (each costs its pages' first-touch faults)
+        self.reuses = 0  # buffers lent again
+
+    def take(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` and ``dtype``, from an idle buffer if one fits."""
+        size = nbytes(shape, dtype)
+        if self.max_bytes <= 0 or size < MIN_POOLED:
+            return torch.empty(shape, dtype=dtype, pin_memory=self.pin and size > 0)
+        with self._lock:
+            # the smallest idle buffer that holds it: a model's shapes recur layer after layer,
+            # and a larger buffer lent for a smaller tensor is still a buffer not faulted in
+            fits = [s for s, stack in self._idle.items() if stack and s >= size]
+            buf = self._idle[min(fits)].pop() if fits else None
+            if buf is not None:
+                self._idle_bytes -= buf.numel()
+                self.reuses += 1
+            else:
+                self._make_room(size)
+                self.allocations += 1
+        if buf is None:
+            buf = torch.empty(size, dtype=torch.uint8, pin_memory=self.pin)
+        with self._lock:
+            self._lent[buf.data_ptr()] = buf
+            self._lent_bytes += buf.numel()
+        return buf[:size].view(dtype).view(shape)
+
+    def give(self, tensor: torch.Tensor) -> bool:
+        """Take back a tensor ``take`` lent (or a view of it); False for any other tensor."""
+        if tensor.device.type != "cpu":
+            return False
+        address = tensor.untyped_storage().data_ptr()
+        with self._lock:
+            buf = self._lent.pop(address, None)
+            if buf is None:
+                return False
+            size = buf.numel()
+            self._lent_bytes -= size
+            self._idle.setdefault(size, []).append(buf)
+            self._idle_bytes += size
+            self._make_room(0)
+        return True
+
+    def forget(self) -> None:
+        """Stop tracking lent buffers (after a failed merge nobody gives them back); they are
+        freed when their last user drops them."""
+        with self._lock:
+            self._lent.clear()
+            self._lent_bytes = 0
+
+    def _make_room(self, size: int) -> None:
+        """Drop idle buffers, largest first, until ``size`` more bytes fit under the bound."""
+        while self._idle_bytes and self._idle_bytes + self._lent_bytes + size > self.max_bytes:
+            largest = max((s for s, stack in self._idle.items() if stack), default=0)
+            self._idle[largest].pop()
+            self._idle_bytes -= largest
+
+    @property
+    def idle_bytes(self) -> int:
+        return self._idle_bytes
+
+
+@dataclass
+class _Lender:
+    pool: BufferPool
+    destination: torch.Tensor | None  # where the job's result belongs, if it can go there
+    scratch: tuple[torch.Tensor, ...]  # inputs the job owns: a method may overwrite them
+
+
+_LENDER: ContextVar[_Lender | None] = ContextVar("mergesearch_lender", default=None)
+
+
+def empty_like(like: torch.Tensor, *, reuse: torch.Tensor | None = None) -> torch.Tensor:
+    """Memory for a method's result shaped like ``like``.
+
+    In order: the job's destination (the first call of a job only), ``reuse`` when the job owns
+    it (a method passes an input whose every block it reads before writing that block of the
+    result), a pooled buffer, or ``torch.empty_like`` outside the engine.
+    """
+    lender = _LENDER.get()
+    if lender is None:
+        return torch.empty_like(like)
+    target = lender.destination
+    if target is not None and target.dtype == like.dtype and target.numel() == like.numel():
+        lender.destination = None
+        return target.view(like.shape)
+    if reuse is not None and reuse.dtype == like.dtype and reuse.numel() == like.numel():
+        address = reuse.untyped_storage().data_ptr()
+        if any(t.untyped_storage().data_ptr() == address for t in lender.scratch):
+            lender.scratch = ()  # one result per job
+            return reuse.view(like.shape)
+    return lender.pool.take(like.shape, like.dtype)
+
+
+@contextlib.contextmanager
+def lending(
+    pool: BufferPool,
+    destination: torch.Tensor | None = None,
+    scratch: tuple[torch.Tensor, ...] = (),
+) -> Iterator[None]:
+    """Serve ``empty_like`` in this thread from ``destination``, ``scratch`` and ``pool``."""
+    token = _LENDER.set(_Lender(pool, destination, scratch))
+    try:
+        yield
+    finally:
+        _LENDER.reset(token)
+
+
+class Ticket:
+    """One job's reservation against a bound, given back in parts (the inputs once computed,
+    the rest once the sink is done with the result) and never more than once in total."""
+
+    def __init__(self, size: int, release: Callable[[int], None]):
+        self.left = size
+        self._release = release
+        self._lock = threading.Lock()
+
+    def release(self, size: int | None = None) -> None:
+        """Give back ``size`` bytes of the reservation (all that is left when None)."""
+        with self._lock:
+            amount = self.left if size is None else min(size, self.left)
+            self.left -= amount
+        if amount:
+            self._release(amount)
+
+
+class TensorCache:
+    """LRU of source tensors by (model, name) whose bound also covers the jobs in flight.
+
+    The executor ``reserve``s the bytes of every job it starts (inputs, dtype copies, result)
+    and ``release``s them as the job's buffers come back (inputs once computed, the result once
+    the sink is done with it); the cache keeps ``bytes + reserved <= max_bytes`` by evicting
+    its oldest entries, so the source tensors and results the engine holds never exceed the
+    bound, whether cached or in flight (a job that alone exceeds it runs alone). Inputs that
+    are also cached count twice: the bound errs on the safe side. ``store=False`` (a one-off
+    merge, which reads every tensor once) caches nothing and bounds only what is in flight.
+    """
+
+    def __init__(self, max_bytes: int, *, store: bool = True):
+        self.max_bytes = max_bytes
+        self.store = store
+        self.bytes = 0
+        self.reserved = 0
+        self.high_water = 0  # the most bytes + reserved ever reached after eviction
+        self._items: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        # the reader thread puts, workers and the sink's writer release, the executor waits
+        self._lock = threading.Condition()
+
+    def get(self, key: tuple[str, str]) -> torch.Tensor | None:
+        with self._lock:
+            tensor = self._items.get(key)
+            if tensor is not None:
+                self._items.move_to_end(key)
+            return tensor
+
+    def put(self, key: tuple[str, str], tensor: torch.Tensor) -> None:
+        size = tensor.nbytes
+        with self._lock:
+            if not self.store or key in self._items or size + self.reserved > self.max_bytes:
+                return
+            self._items[key] = tensor
+            self.bytes += size
+            self._shrink()
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more can be reserved without passing the bound."""
+        return self.reserved + nbytes <= self.max_bytes
+
+    def reserve(self, nbytes: int) -> None:
+        with self._lock:
+            self.reserved += nbytes
+            self._shrink()
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.reserved -= nbytes
+            self._lock.notify_all()
+
+    def wait_for_room(self, nbytes: int) -> None:
+        """Block until ``nbytes`` fit, or until nothing is reserved (then a job that alone
+        exceeds the bound may start)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self.reserved <= 0 or self.has_room(nbytes))
+
+    def _shrink(self) -> None:
+        while self._items and self.bytes + self.reserved > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.nbytes
+        self.high_water = max(self.high_water, self.bytes + self.reserved)
