@@ -29,6 +29,8 @@ import torch
 
 # Below this a tensor comes from glibc's heap, which recycles small blocks by itself.
 MIN_POOLED = 1 << 20
+# An idle buffer serves a tensor up to this many times smaller (the rest of it lies unused).
+REUSE_RATIO = 1
 
 
 def nbytes(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> int:
@@ -65,9 +67,12 @@ class BufferPool:
         if self.max_bytes <= 0 or size < MIN_POOLED:
             return torch.empty(shape, dtype=dtype, pin_memory=self.pin and size > 0)
         with self._lock:
-            # the smallest idle buffer that holds it: a model's shapes recur layer after layer,
-            # and a larger buffer lent for a smaller tensor is still a buffer not faulted in
-            fits = [s for s, stack in self._idle.items() if stack and s >= size]
+            # the smallest idle buffer that holds it, up to a few times its size: a model's
+            # shapes recur layer after layer (an attention projection a fraction of an MLP's),
+            # and a buffer lent again is one whose pages are not faulted in again
+            fits = [
+                s for s, stack in self._idle.items() if stack and size <= s <= size * REUSE_RATIO
+            ]
             buf = self._idle[min(fits)].pop() if fits else None
             if buf is not None:
                 self._idle_bytes -= buf.numel()

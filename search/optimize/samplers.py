@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mergesearch.search import attrs as A
 from mergesearch.search.errors import SpecError
+from mergesearch.search.optimize import versions
 from mergesearch.search.optimize.registry import AUTO, PRUNERS, SAMPLERS, Problem, auto_sampler
 from mergesearch.search.optimize.space import SearchSpace
 from mergesearch.search.optimize.views import FilteredStudy
@@ -84,7 +85,12 @@ def is_baseline(trial: FrozenTrial) -> bool:
 
 
 def _without_baselines(study: optuna.Study) -> optuna.Study:
-    return FilteredStudy(study, lambda trial: not is_baseline(trial))
+    """The trials a sampler learns from: no baselines, and only those scored under the study's
+    current spec version (after ``--allow-spec-change`` older scores measured another thing)."""
+    latest = versions.current(study)
+    return FilteredStudy(
+        study, lambda trial: not is_baseline(trial) and versions.version_of(trial) == latest
+    )
 
 
 class HideBaselines(BaseSampler):

@@ -14,7 +14,7 @@ from mergesearch.search import attrs as A
 from mergesearch.search import run_search
 from mergesearch.search.cli import main
 from mergesearch.search.errors import SpecError
-from mergesearch.search.optimize import versions
+from mergesearch.search.optimize import samplers, versions
 from mergesearch.search.optimize.summary import best_trials
 from tests.helpers import probe
 from tests.helpers.specs import make_spec
@@ -158,6 +158,9 @@ def test_allowed_change_records_a_version_and_never_answers_across_it(family, tm
     # the best trial is one of the new version; the study describes the new objective
     assert all(versions.version_of(t) == 2 for t in best_trials(study))
     assert study.user_attrs[A.OBJECTIVES][0]["weight"] == 2.0
+    # the sampler learns only from scores measured under the current version
+    seen = samplers._without_baselines(study)._get_trials(deepcopy=False)
+    assert seen and {versions.version_of(t) for t in seen} == {2}
 
     # the same spec again: version 2 goes on, nothing new is recorded
     changed["budget"] = {"trials": 15}
