@@ -130,6 +130,22 @@ def seed_note(config: MergeConfig, seed: int | None = None) -> list[str]:
     ]
 
 
+def config_lines(config: MergeConfig, config_text: str, seed: int | None = None) -> list[str]:
+    """The card's configuration section: the YAML to rebuild the merge, and its seed."""
+    return [
+        "## Configuration",
+        "",
+        "The mergekit-compatible config (also `mergekit_config.yml`; rebuild with "
+        "`mergesearch merge mergekit_config.yml OUT_DIR`):",
+        "",
+        "```yaml",
+        config_text.rstrip("\n"),
+        "```",
+        "",
+        *seed_note(config, seed),
+    ]
+
+
 def merge_card(config: MergeConfig, title: str, *, seed: int | None = None) -> str:
     """The short card ``mergesearch merge`` writes: metadata, method, models, config."""
     config_text = config.to_yaml()
@@ -147,15 +163,6 @@ def merge_card(config: MergeConfig, title: str, *, seed: int | None = None) -> s
         "",
         *models_lines(config),
         "",
-        "## Configuration",
-        "",
-        "The config (also `mergekit_config.yml`; rebuild with "
-        "`mergesearch merge mergekit_config.yml OUT_DIR`):",
-        "",
-        "```yaml",
-        config_text.rstrip("\n"),
-        "```",
-        "",
-        *seed_note(config, seed),
+        *config_lines(config, config_text, seed),
     ]
     return render(card_data(config), body)

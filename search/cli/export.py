@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mergesearch.merging.engine import DEFAULT_SHARD_SIZE
-from mergesearch.search.cli.checks import at_least_one
+from mergesearch.search.cli.checks import add_merge_threads, at_least_one
 from mergesearch.search.distributed.locate import add_target_arguments, open_study
 from mergesearch.search.optimize.trials import PICKS
 
@@ -31,13 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SHARD_SIZE,
         help="largest shard in bytes, with k/M/G suffixes (default: %(default)s)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU threads to use, one tensor each (default: all cores)",
-    )
+    add_merge_threads(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -8,7 +8,7 @@ import dataclasses
 from mergesearch.merging import Merger, load_merge_config
 from mergesearch.merging.config import DTYPES
 from mergesearch.merging.engine import DEFAULT_SHARD_SIZE
-from mergesearch.search.cli.checks import at_least_one
+from mergesearch.search.cli.checks import add_merge_threads, at_least_one
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,13 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="copy the tokenizer of the base (or tokenizer_source) model (default: on)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU threads to use, one tensor each (default: all cores)",
-    )
+    add_merge_threads(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument(
         "--allow-pickle",

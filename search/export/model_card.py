@@ -166,16 +166,7 @@ def render(
         "",
         *card.models_lines(config, sources),
         "",
-        "## Configuration",
-        "",
-        "The mergekit-compatible config (also `mergekit_config.yml`; rebuild with "
-        "`mergesearch merge mergekit_config.yml OUT_DIR`):",
-        "",
-        "```yaml",
-        config_text.rstrip("\n"),
-        "```",
-        "",
-        *card.seed_note(config),
+        *card.config_lines(config, config_text),
         "## Scores",
         "",
         f"Objectives: {', '.join(f'{o.name} ({o.direction}, weight {o.weight:g})' for o in infos)}."
