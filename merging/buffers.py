@@ -4,7 +4,8 @@ Fresh memory for every tensor costs a page fault per 4 KiB page the first time i
 and glibc serves tensors of real models (tens of MB and more) with mappings of their own, so a
 merge that allocates per tensor pays that on every byte it reads and computes: kernel time that
 grows with the model. A ``BufferPool`` keeps the buffers of finished tensors and lends them
-again. A model repeats a few shapes, so a buffer of the right size is almost always idle.
+again. A model repeats a few shapes layer after layer, so a buffer of a fitting size is often
+idle.
 
 Methods ask for their result through ``empty_like``. In a worker of the engine (``lending``)
 that is the destination itself (the live model's parameter: the result needs no copy), or an
@@ -30,7 +31,7 @@ import torch
 # Below this a tensor comes from glibc's heap, which recycles small blocks by itself.
 MIN_POOLED = 1 << 20
 # An idle buffer serves a tensor up to this many times smaller (the rest of it lies unused).
-REUSE_RATIO = 1
+REUSE_RATIO = 2
 
 
 def nbytes(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> int:
@@ -45,7 +46,7 @@ class BufferPool:
     """Byte buffers by size; ``take`` lends one, ``give`` takes it back for the next ``take``.
 
     Idle plus lent bytes stay under ``max_bytes`` by dropping idle buffers when a new one is
-    needed (lent ones are bounded by the engine's ``Budget``). ``max_bytes`` 0 keeps nothing:
+    needed (lent ones are bounded by the engine's ``TensorCache``). ``max_bytes`` 0 keeps nothing:
     ``take`` is ``torch.empty``. ``pin`` allocates page-locked memory, which a GPU copies from
     without staging.
     """

@@ -295,7 +295,9 @@ class Merger:
         refs = [*job.inputs, *([job.base] if job.base is not None else [])]
         result = nbytes(job.shape, plan.out_dtype) if job.mergeable else 0
         if plan.method.result_in_base and job.base is not None and not self.cache.store:
-            result = 0  # computed into the base's buffer, which this merge owns
+            base = self.checkpoints.get(job.base.model).tensors[job.base.name]
+            if (plan.compute_dtype or base.dtype) == plan.out_dtype:
+                result = 0  # computed into the base's buffer, which this merge owns
         compute = plan.compute_dtype if job.mergeable else None
         inputs = 0
         for ref in refs:

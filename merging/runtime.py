@@ -10,7 +10,8 @@ serves blocks above its mmap threshold with fresh ``mmap`` pages and returns fre
 the kernel, so each of them page-faults again, several times the system time of reading into
 reused buffers. Raising the threshold to its maximum, keeping freed memory and sharing one
 arena between threads lets the heap recycle it; the heap then holds about the merge's peak
-working set (a few tensors), not more.
+working set (a few tensors), not more. That maximum is 32 MiB: the larger tensors of real
+models are recycled by the engine's own pool instead (``buffers.BufferPool``).
 
 That heap suits a streaming merge only. A search's tensor cache evicts tensors of many sizes in
 turn, and a recycling heap keeps their holes: RSS grows well past the cache bound

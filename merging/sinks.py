@@ -3,9 +3,12 @@
 ``DiskSink`` knows every output name, shape and dtype from the plan before the first tensor is
 computed, so it writes each shard's header first and then streams tensor bytes in plan order:
 memory stays at a few tensors, not one shard. A writer thread does the writing (file writes
-release the GIL), so the merge computes the next tensor meanwhile. The folder is built under a temporary sibling name and
-renamed into place only when complete, so an interrupted merge never leaves a folder that looks
-finished.
+release the GIL), so the merge computes the next tensor meanwhile. The folder is built under a
+temporary sibling name and renamed into place only when complete, so an interrupted merge never
+leaves a folder that looks finished.
+
+Both sinks take a tensor whole or in parts of rows, in order, and call the writer's ``done``
+once they no longer need its memory, so the engine lends that buffer again.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def arcee_fusion(
     b, x = base.detach().reshape(-1), inputs[0].detach().reshape(-1)
     importance = Importance(x, b, width)
     threshold = float(fusion_threshold(importance))
-    out = buffers.empty_like(b)
+    out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
     for sl in S.blocks(b.numel(), max(1, S.BLOCK // width) * width):  # whole rows per block
         keep = importance(sl) >= threshold
         d = torch.sub(x[sl], b[sl]).to(importance.acc).mul_(keep)
@@ -111,6 +111,7 @@ register(
         base=BaseRole.REQUIRED,
         min_inputs=1,
         max_inputs=1,
+        result_in_base=True,
         description="keep the other model's changes whose KL-weighted size is an outlier",
     )
 )

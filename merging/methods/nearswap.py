@@ -42,7 +42,7 @@ def nearswap(
     t = float(params["t"])
     acc = P.accumulation_dtype(base.dtype)
     b, x = base.detach().reshape(-1), inputs[0].detach().reshape(-1)
-    out = buffers.empty_like(b)
+    out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
     for sl in blocks(b.numel()):
         bb, xx = b[sl].to(acc), x[sl].to(acc)
         weight = nearswap_weight(bb, xx, t)
@@ -59,6 +59,7 @@ register(
         min_inputs=1,
         max_inputs=1,
         elementwise=True,
+        result_in_base=True,
         description="interpolate toward the other model only where the two are close (t)",
     )
 )

@@ -59,7 +59,7 @@ def disjoint_merge(
     """``b + sum_i active d_i * (scale_i where c = 1, 1 / c where c > 1)``, block by block."""
     b = base.detach().reshape(-1)
     deltas = [SP.Delta(x.detach().reshape(-1), b, tuple(base.shape)) for x in inputs]
-    out = buffers.empty_like(b)
+    out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
     for sl in blocks(b.numel()):
         ds, _, count = _active(deltas, sl, epsilon)
         alone = count == 1
@@ -118,6 +118,7 @@ register(
         global_params={"epsilon": 1e-5},
         min_inputs=0,
         elementwise=True,
+        result_in_base=True,
         description="average each element over the models that changed it by more than epsilon",
         paper=PAPER,
     )
@@ -129,6 +130,7 @@ register(
         base=BaseRole.REQUIRED,
         global_params={"r": 0.1, "alpha": 0.2, "epsilon": 1e-5},
         min_inputs=0,
+        result_in_base=True,
         description="ram with each model's unique changes scaled up by its overlap ratio",
         paper=PAPER,
     )

@@ -72,15 +72,15 @@ def sce(
     if rule is not None and rule.tie_limit == 0:  # keeps nothing: every d_i is zeroed
         return base
 
-    # calculate: the selected energy of each task vector (the selection mask kept, as bools)
-    keep = torch.empty(n, dtype=torch.bool) if rule is not None else None
+    # calculate: the selected energy of each task vector (the selection mask kept, as bits)
+    keep = SP.Stored(torch.empty((n + 7) // 8, dtype=torch.uint8)) if rule is not None else None
     energy = [0.0] * len(deltas)
-    for sl in blocks(n):
+    for sl in blocks(n):  # blocks start at multiples of 8: each packs into whole bytes
         if keep is not None and rule is not None:
-            keep[sl] = rule.mask(variance(deltas, sl), sl.start)
+            SP.pack(rule.mask(variance(deltas, sl), sl.start), keep.bits, sl.start)
         for i, d in enumerate(_task_vectors(deltas, sl)):
             if keep is not None:
-                d = d.mul_(keep[sl])
+                d = keep.apply(d, sl)
             energy[i] += float(P.dot(d, d))
     energy = [e / n for e in energy]
     total = sum(energy)
@@ -91,11 +91,11 @@ def sce(
     )
 
     # erase and average, block by block
-    out = buffers.empty_like(b)
+    out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
     for sl in blocks(n):
         ds = _task_vectors(deltas, sl)
         if keep is not None:
-            ds = [d.mul_(keep[sl]) for d in ds]
+            ds = [keep.apply(d, sl) for d in ds]
         total_d = ds[0]
         for d in ds[1:]:
             total_d = total_d + d
@@ -121,6 +121,7 @@ register(
             "int8_mask": False,  # accepted for mergekit compatibility; masks here are bool
         },
         min_inputs=0,  # with no other model the result is the base, as in mergekit
+        result_in_base=True,
         description="top-variance selection, energy weights and sign erase of task vectors (SCE)",
         paper="https://arxiv.org/abs/2408.07990",
     )

@@ -174,6 +174,10 @@ def _check_flags(args: argparse.Namespace) -> None:
 
     at_least_one("--n-trials", args.n_trials)
     at_least_one("--threads", args.threads)
+    if args.device:
+        from mergesearch.search.optimize.resources import device_for
+
+        device_for(args.device, f"--device {args.device}")
     if args.storage:
         open_storage(args.storage)
 

@@ -27,7 +27,7 @@ import torch
 from mergesearch import merging
 from mergesearch.merging.engine import PINNED_BYTES
 from mergesearch.search.errors import SpecError
-from mergesearch.search.spec.schema import SearchSpec
+from mergesearch.search.spec.schema import DEVICE_RE, SearchSpec
 
 GB = 2**30  # cache_gb and memory_limit_gb count GiB
 RUNTIME_BYTES = 1 << 30  # the process beside the tensors: libraries, tokenizers, eval data
@@ -36,7 +36,14 @@ GPU_MARGIN = 0.2  # of the model, for activations and the evaluators' batches on
 
 def resolve_device(spec: SearchSpec) -> torch.device:
     """The spec's ``device`` on this machine; ``SpecError`` when it has no such device."""
-    name = spec.device
+    return device_for(spec.device, f"{spec.source}: device: {spec.device}")
+
+
+def device_for(name: str, where: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` as a torch device of this machine, or
+    ``SpecError`` naming ``where`` (the key or flag that asked for it) and the fix."""
+    if not DEVICE_RE.match(name):
+        raise SpecError(f"{where}: use cpu, cuda, cuda:N (a GPU index) or auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -44,13 +51,13 @@ def resolve_device(spec: SearchSpec) -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise SpecError(
-                f"{spec.source}: device: {name}, but this machine has no CUDA device (torch "
-                f"{torch.__version__}); use device: cpu, or auto to take a GPU when there is one"
+                f"{where}, but this machine has no CUDA device (torch {torch.__version__}); "
+                "use device: cpu, or auto to take a GPU when there is one"
             )
         if device.index is not None and device.index >= count:
             raise SpecError(
-                f"{spec.source}: device: {name}, but this machine has {count} CUDA device(s) "
-                f"(cuda:0 to cuda:{count - 1}); pick one of them"
+                f"{where}, but this machine has {count} CUDA device(s) (cuda:0 to "
+                f"cuda:{count - 1}); pick one of them"
             )
     return device
 

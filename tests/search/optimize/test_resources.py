@@ -121,3 +121,12 @@ def test_a_model_on_the_gpu_equals_the_cpu_merge(family):
     assert next(gpu.parameters()).device.type == "cuda"
     for name, tensor in cpu.state_dict().items():
         assert torch.equal(gpu.state_dict()[name].cpu(), tensor), name
+
+
+@no_cuda
+def test_demo_refuses_a_missing_gpu_before_building_anything(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESEARCH_DEMO_DIR", str(tmp_path / "demo"))
+    assert main(["demo", "--device", "cuda", "--n-trials", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device cuda" in err and "no CUDA device" in err
+    assert not (tmp_path / "demo").exists()
