@@ -235,7 +235,8 @@ def tiny_models(tmp_path_factory) -> list[Path]:
     return make_llama_family(tmp_path_factory.mktemp("wheel-models"), n_models=3, seed=0)
 
 
-def test_merge_gives_the_checkouts_tensors(installed: Installed, tiny_models, tmp_path):
+def ties_config(tiny_models: list[Path], folder: Path) -> Path:
+    """A TIES merge of the tiny family, as a YAML file in ``folder``."""
     base, a, b = (str(p) for p in tiny_models)
     config = {
         "merge_method": "ties",
@@ -246,8 +247,13 @@ def test_merge_gives_the_checkouts_tensors(installed: Installed, tiny_models, tm
         ],
         "dtype": "float32",
     }
-    path = tmp_path / "ties.yaml"
+    path = folder / "ties.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_merge_gives_the_checkouts_tensors(installed: Installed, tiny_models, tmp_path):
+    path = ties_config(tiny_models, tmp_path)
     wheel_out = tmp_path / "from-wheel"
     _ok(
         installed.mergesearch("merge", str(path), str(wheel_out), "--threads", "1", "--no-progress")
@@ -352,18 +358,7 @@ def test_the_core_lacks_every_extra(core_only: Installed):
 
 
 def test_merge_runs_on_the_core_dependencies_alone(core_only: Installed, tiny_models, tmp_path):
-    base, a, b = (str(p) for p in tiny_models)
-    config = {
-        "merge_method": "ties",
-        "base_model": base,
-        "models": [
-            {"model": a, "parameters": {"weight": 0.6, "density": 0.5}},
-            {"model": b, "parameters": {"weight": 0.4, "density": 0.7}},
-        ],
-        "dtype": "float32",
-    }
-    path = tmp_path / "ties.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = ties_config(tiny_models, tmp_path)
     out = tmp_path / "core-merge"
     _ok(core_only.mergesearch("merge", str(path), str(out), "--threads", "1", "--no-progress"))
     theirs = load_state(merging.run_merge(path, tmp_path / "checkout", threads=1, progress=False))
