@@ -49,6 +49,11 @@ RANGES: dict[str, dict[str, float]] = {
     "lambda": {"low": 0.5, "high": 2.5},
     "t": {"low": 0.0, "high": 1.0},
 }
+# DELLA keeps each entry with a probability spread epsilon (0.15) around the density, so it takes
+# only densities in (epsilon, 1 - epsilon): it gets its own range inside that.
+METHOD_RANGES: dict[str, dict[str, dict[str, float]]] = {
+    "della": {"density": {"low": 0.2, "high": 0.8}},
+}
 BATCH_SIZE = 32
 SEARCH_THREADS = 1  # searches run on one thread: the landscape's threads only trained it
 
@@ -92,10 +97,19 @@ def _demo(seed: int, threads: int = 1) -> Landscape:
 LANDSCAPES: tuple[Landscape, ...] = (
     *(_demo(seed) for seed in range(6)),
     *(_demo(seed, threads=2) for seed in range(3)),
-    Landscape("sort-double-s0", 0, ("sort", "double")),
-    Landscape("shift-copy-s0", 0, ("shift", "copy")),
+    Landscape("sort-double-s0", 0, ("sort", "double"), note="merges collapse"),
+    Landscape("shift-copy-s0", 0, ("shift", "copy"), note="linear blends best"),
     Landscape("swap-rev-s0", 0, ("swap", "rev")),
-    Landscape("rev-up-double-s0", 0, ("rev", "up", "double")),
+    Landscape("rev-up-double-s0", 0, ("rev", "up", "double"), note="three specialists"),
+    # Both specialists replay the other target: each barely forgets it, and no merge beats the
+    # plain 50/50 average by more than the noise of 400 items (a strategy must not over-explore).
+    Landscape(
+        "up-copy-replay-s0",
+        0,
+        ("up", "copy"),
+        recipe_changes=(("replay_targets", True),),
+        note="the 50/50 average is the best merge",
+    ),
 )
 # Families tried for the average-is-best landscape and left out of the suite (buildable by name,
 # so RESULTS_efficacy.md's notes can be reproduced).
@@ -107,6 +121,11 @@ CANDIDATES: tuple[Landscape, ...] = (
         "shift-copy-known-s0", 0, ("shift", "copy"), recipe_changes=(("base_target_weight", 1.0),)
     ),
     Landscape("rev-up-replay-s0", 0, recipe_changes=(("replay_targets", True),)),
+    Landscape(
+        "rev-up-soup-s0",
+        0,
+        recipe_changes=(("replay_targets", True), ("base_target_weight", 1.0)),
+    ),
 )
 BY_NAME = {landscape.name: landscape for landscape in LANDSCAPES + CANDIDATES}
 
@@ -172,7 +191,7 @@ def spec_for(
             "base": str(landscape.root / BASE_DIR),
             "models": {t: str(landscape.root / specialist_dir(t)) for t in landscape.targets},
         },
-        "methods": methods,
+        "methods": {m: {p: dict(r) for p, r in METHOD_RANGES.get(m, {}).items()} for m in methods},
         "parameters": {p: dict(r) for p, r in RANGES.items() if p in taken},
         "objectives": [
             {
