@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=1, metavar="N", help="CPU threads to use (default: 1)"
     )
     build_parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build_parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def demo_spec(family: Any, seed: int) -> dict[str, Any]:
@@ -98,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         if load_demo_family(root, DemoRecipe(), args.seed) is None:
             print(f"building the demo family in {root} (a few minutes on one core) ...", flush=True)
         # the search scores the sources itself (baselines): skip the family's own table
-        family = build_demo_family(seed=args.seed, threads=args.threads, evaluate=False)
+        family = build_demo_family(
+            seed=args.seed, threads=args.threads, evaluate=False, progress=not args.no_progress
+        )
         how = "cached" if family.cached else f"built in {time.perf_counter() - started:.0f} s"
     print(f"demo family seed {args.seed} at {family.root} ({how})")
     data = demo_spec(family, args.seed)
@@ -142,7 +145,9 @@ def build(args: argparse.Namespace) -> int:
     seeds = args.seed if isinstance(args.seed, list) else [args.seed]
     for seed in seeds:
         started = time.perf_counter()
-        family = build_demo_family(out, seed=seed, threads=args.threads, force=args.force)
+        family = build_demo_family(
+            out, seed=seed, threads=args.threads, force=args.force, progress=not args.no_progress
+        )
         took = time.perf_counter() - started
         how = (
             f"cached (built in {family.build_seconds:.0f} s), loaded in {took:.1f} s"

@@ -204,6 +204,64 @@ def build_model(
     return LlamaForCausalLM(config)
 
 
+# --------------------------------------------------------------------------- progress
+
+
+class BuildProgress:
+    """One bar over a family's training: phase, steps, ETA.
+
+    A phase that trains until a probe holds may stop early; its steps never taken then leave
+    the total, so the bar's ETA is the most the rest can take and falls as phases end early.
+    """
+
+    def __init__(self, total: int, *, enabled: bool = True) -> None:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        # explicit `disable`: the demo silences third-party bars through TQDM_DISABLE
+        self.bar = tqdm(
+            total=total,
+            unit="step",
+            desc="building",
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.left = 0
+
+    @classmethod
+    def for_recipe(cls, recipe: DemoRecipe, *, enabled: bool = True) -> BuildProgress:
+        most = (
+            recipe.base_steps
+            + recipe.base_extra_max_steps
+            + len(recipe.targets) * recipe.specialist_max_steps
+        )
+        return cls(most, enabled=enabled)
+
+    def start(self, phase: str, steps: int) -> None:
+        self.bar.set_description(phase)
+        self.left = steps
+
+    def step(self) -> None:
+        self.left -= 1
+        self.bar.update(1)
+
+    def end(self) -> None:
+        """Close the phase; steps it did not take leave the total."""
+        self.skip(self.left)
+        self.left = 0
+
+    def skip(self, steps: int) -> None:
+        """A phase that does not run at all (or stopped early) removes its steps."""
+        if steps and self.bar.total is not None:
+            self.bar.total = max(self.bar.n, self.bar.total - steps)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -251,12 +309,17 @@ def train(
     recipe: DemoRecipe,
     rng: random.Random,
     until: Callable[[LlamaForCausalLM], bool] | None = None,
+    progress: BuildProgress | None = None,
+    phase: str = "training",
 ) -> LlamaForCausalLM:
     """AdamW with a linear warm-up, then a linear decay to zero over ``steps``.
 
     With ``until``, the rate stays constant after the warm-up and training stops at the first
     check (every ``recipe.check_every`` steps) where ``until(model)`` holds, ``steps`` at most.
+    ``progress`` counts the steps under ``phase``.
     """
+    progress = progress or BuildProgress(0, enabled=False)
+    progress.start(phase, steps)
     # eager attention: faster than sdpa at this size on CPU; not saved in the config
     attention = model.config._attn_implementation
     model.set_attn_implementation("eager")
@@ -278,12 +341,14 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        progress.step()
         if until and step >= warmup and step % recipe.check_every == 0:
             model.eval()
             done = until(model)
             model.train()
             if done:
                 break
+    progress.end()
     model.eval()
     model.set_attn_implementation(attention)
     return model
@@ -340,6 +405,7 @@ def build_demo_family(
     force: bool = False,
     recipe: DemoRecipe | None = None,
     evaluate: bool = True,
+    progress: bool = False,
 ) -> DemoFamily:
     """Build (or reuse) the family of one seed under ``out_dir/seed<k>/``.
 
@@ -348,7 +414,8 @@ def build_demo_family(
     leaves a folder that looks built. ``evaluate`` scores the table of ``search.demo_table``
     (base, specialists, 50/50 average, hand-picked merge on the held-out split) and stores it
     in the manifest (recomputed alone when the table's definition changed). Torch runs on
-    ``threads`` threads meanwhile (restored afterwards).
+    ``threads`` threads meanwhile (restored afterwards). ``progress`` shows a bar with the
+    phase, the steps and an ETA while training, and another while scoring the table.
     """
     recipe = recipe or DemoRecipe()
     root = (out_dir or default_demo_dir()) / family_dirname(recipe.targets, seed)
@@ -357,7 +424,7 @@ def build_demo_family(
     try:
         family = None if force else load_demo_family(root, recipe, seed)
         if family is None:
-            _train_family(root, recipe, seed)
+            _train_family(root, recipe, seed, progress=progress)
             family = load_demo_family(root, recipe, seed)
             if family is None:
                 raise RuntimeError(f"demo family at {root} has no manifest after its build")
@@ -366,7 +433,7 @@ def build_demo_family(
             manifest = json.loads((root / MANIFEST).read_text())
             if not family.table or manifest.get("table_key") != TABLE_KEY:
                 started = time.perf_counter()
-                family.table = family_table(root, threads=threads)
+                family.table = family_table(root, threads=threads, progress=progress)
                 if not family.cached:
                     family.build_seconds += time.perf_counter() - started
                 manifest.update(
@@ -392,12 +459,13 @@ def check_family_folder(root: Path) -> None:
         )
 
 
-def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
+def _train_family(root: Path, recipe: DemoRecipe, seed: int, *, progress: bool = False) -> None:
     """Train base and specialists into a temporary folder, then rename it to ``root``."""
     check_family_folder(root)  # before minutes of training, not after
     started = time.perf_counter()
     tmp = temp_sibling(root)
     cleanup_stale_temps(root)
+    bar = BuildProgress.for_recipe(recipe, enabled=progress)
     try:
         tokenizer = build_tokenizer(recipe.vocab_size)
         base = build_model(tokenizer, recipe, seed)
@@ -409,6 +477,8 @@ def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
             lr=recipe.base_lr,
             recipe=recipe,
             rng=random.Random(seed),
+            progress=bar,
+            phase="base",
         )
         words = demo_tasks.training_words(
             random.Random(seed + demo_tasks.DATA_SEED), recipe.targets
@@ -437,7 +507,11 @@ def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
                 recipe=recipe,
                 rng=random.Random(seed + 1),
                 until=knows_targets,
+                progress=bar,
+                phase="base: targets to their floors",
             )
+        else:
+            bar.skip(recipe.base_extra_max_steps)
         _save(base, tokenizer, tmp / BASE_DIR)
         for k, target in enumerate(recipe.targets, start=1):
             model = LlamaForCausalLM.from_pretrained(tmp / BASE_DIR)
@@ -452,6 +526,8 @@ def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
                 until=lambda m, t=target: (
                     probe_exact_match(m, tokenizer, t, probe) >= recipe.specialist_target
                 ),
+                progress=bar,
+                phase=f"specialist {target}",
             )
             _save(model, tokenizer, tmp / specialist_dir(target))
         if recipe.targets != demo_tasks.EVAL_TASKS:  # the demo's own are in configs/tasks
@@ -472,6 +548,7 @@ def _train_family(root: Path, recipe: DemoRecipe, seed: int) -> None:
         with contextlib.suppress(OSError):
             os.replace(tmp, root)
     finally:
+        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

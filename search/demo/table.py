@@ -102,15 +102,28 @@ def describe(config: Mapping[str, Any]) -> str:
     return f"{method} weights {weights} ({names})"
 
 
-def family_table(root: Path, *, threads: int | None = 1, split: str = "heldout") -> list[dict]:
-    """Score base, specialists, the 50/50 average and the hand-picked merge of a family."""
+def family_table(
+    root: Path, *, threads: int | None = 1, split: str = "heldout", progress: bool = False
+) -> list[dict]:
+    """Score base, specialists, the 50/50 average and the hand-picked merge of a family
+    (``progress``: a bar over the rows, with the one being scored)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
     scorer = DemoScorer(root, split=split, threads=threads)
-    rows = [scorer.row("base", None, root / BASE_DIR)]
-    for task, d in _specialist_dirs(root).items():
-        rows.append(scorer.row(f"specialist {task}", None, root / d))
-    rows.append(scorer.row(average_label(len(scorer.targets)), average_config(root)))
     picked = ties_config(root, HAND_PICKED["density"], HAND_PICKED["lambda"])
-    rows.append(scorer.row("hand-picked merge", picked))
+    todo: list[tuple[str, Any, Path | None]] = [("base", None, root / BASE_DIR)]
+    todo += [(f"specialist {t}", None, root / d) for t, d in _specialist_dirs(root).items()]
+    todo += [(average_label(len(scorer.targets)), average_config(root), None)]
+    todo += [("hand-picked merge", picked, None)]
+    rows = []
+    # explicit `disable`: the demo silences third-party bars through TQDM_DISABLE
+    bar = tqdm(todo, unit="model", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for label, config, model in bar:
+        bar.set_description(f"scoring {label}")
+        rows.append(scorer.row(label, config, model))
+    bar.close()
     return rows
 
 
