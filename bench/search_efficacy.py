@@ -3,7 +3,7 @@
     python bench/search_efficacy.py build [--only NAME ...] [--force]
     python bench/search_efficacy.py grid NAME
     python bench/search_efficacy.py reference [--only NAME ...] [--force]
-    python bench/search_efficacy.py run [--strategies auto tpe cmaes gp random]
+    python bench/search_efficacy.py run [--strategies auto tpe cmaes gp random auto+mf]
         [--budgets 30 60 120] [--seeds 0 1 2] [--only NAME ...]
 
 ``build`` builds every landscape's family (``bench/efficacy/landscapes.py``; minutes each, cached
@@ -51,6 +51,14 @@ REFERENCE_SEED = 0
 REFERENCE_JSON = ROOT / "bench" / "efficacy" / "reference.json"
 RUNS_JSON = L.OUT / "runs.json"
 STRATEGIES = ("auto", "tpe", "cmaes", "gp", "random")
+# Multi-fidelity variants: `<sampler>+mf` searches with the staged pruner (each candidate scored
+# on 25 items per task, the best third of those goes on to 100, the best third again to the
+# whole split): the same trials for far fewer evaluated items.
+MF_SUFFIX = "+mf"
+MF_PRUNER: dict[str, Any] = {"name": "halving", "stages": [25, 100, None]}
+# `demo`: the shipped configs/searches/demo.yaml as it is (its methods, sampler and budget),
+# pointed at a demo landscape's family; only on landscapes with the demo's targets.
+DEMO_STRATEGY = "demo"
 BUDGETS = (30, 60, 120)
 
 
@@ -130,13 +138,16 @@ def reference_command(chosen: list[L.Landscape], *, force: bool) -> int:
 
     recorded = _read_json(REFERENCE_JSON)
     for landscape in chosen:
-        if landscape.name in recorded and not force:
+        family = L.build(landscape)
+        weights = L.weights_digest(landscape)
+        if _recorded_for(recorded, landscape.name, weights) and not force:
             print(
                 f"{landscape.name}: recorded ({recorded[landscape.name]['reference']:.3f}); "
                 "--force redoes it"
             )
             continue
-        family = L.build(landscape)
+        if landscape.name in recorded:
+            print(f"{landscape.name}: recorded for other weights (another CPU?); redoing it")
         db = L.OUT / "reference" / f"{landscape.name}.db"
         if force and db.exists():
             db.unlink()
@@ -179,6 +190,8 @@ def reference_command(chosen: list[L.Landscape], *, force: bool) -> int:
                 "seed": landscape.seed,
                 "threads": landscape.threads,
                 "digest": landscape.recipe.digest(landscape.seed),
+                "weights": weights,
+                "cpu": _cpu_name(),
             },
         }
         _write_json(REFERENCE_JSON, dict(sorted(recorded.items())))
@@ -205,37 +218,53 @@ def run_command(
     from mergesearch.search.spec.schema import SAMPLERS
 
     for strategy in strategies:
-        if strategy not in SAMPLERS:
-            raise ValueError(f"strategy {strategy!r}: choose from {', '.join(SAMPLERS)}")
+        if strategy != DEMO_STRATEGY and strategy.removesuffix(MF_SUFFIX) not in SAMPLERS:
+            raise ValueError(
+                f"strategy {strategy!r}: choose from {', '.join(SAMPLERS)} "
+                f"(each also as <name>{MF_SUFFIX})"
+            )
     if any(b < 1 for b in budgets):
         raise ValueError(f"budgets must be >= 1 trial, got {budgets}")
     references = _read_json(REFERENCE_JSON)
-    missing = [ls.name for ls in chosen if ls.name not in references]
+    missing = [
+        ls.name
+        for ls in chosen
+        if not (L.is_built(ls) and _recorded_for(references, ls.name, L.weights_digest(ls)))
+    ]
     if missing:
-        raise ValueError(f"no reference recorded for {', '.join(missing)}; run reference first")
+        raise ValueError(
+            f"no reference recorded for the built weights of {', '.join(missing)}; "
+            "run build and reference first"
+        )
     runs = _read_json(RUNS_JSON)
     todo = [
         (landscape, strategy, budget, seed)
         for landscape in chosen
         for strategy in strategies
-        for budget in budgets
+        for budget in ([_demo_budget()] if strategy == DEMO_STRATEGY else budgets)
         for seed in seeds
         if run_key(landscape.name, strategy, budget, seed) not in runs
+        and (strategy != DEMO_STRATEGY or landscape.targets == L.demo_tasks.EVAL_TASKS)
     ]
     bar = tqdm(todo, unit="run", desc="runs", file=sys.stderr, dynamic_ncols=True)
     for landscape, strategy, budget, seed in bar:
         bar.set_postfix_str(f"{landscape.name} {strategy} {budget} seed {seed}")
         db = L.OUT / "runs" / f"{landscape.name}.db"
         db.parent.mkdir(parents=True, exist_ok=True)
-        spec = L.spec_for(
-            landscape,
-            methods=landscape.methods,
-            sampler=strategy,
-            budget=budget,
-            seed=seed,
-            storage=f"sqlite:///{db}",
-            name=f"{strategy}-b{budget}-s{seed}",
-        )
+        name = f"{strategy}-b{budget}-s{seed}"
+        if strategy == DEMO_STRATEGY:
+            spec = _demo_spec(landscape, seed=seed, storage=f"sqlite:///{db}", name=name)
+        else:
+            spec = L.spec_for(
+                landscape,
+                methods=landscape.methods,
+                sampler=strategy.removesuffix(MF_SUFFIX),
+                budget=budget,
+                seed=seed,
+                storage=f"sqlite:///{db}",
+                pruner=MF_PRUNER if strategy.endswith(MF_SUFFIX) else None,
+                name=name,
+            )
         got = outcome(run_search(spec, progress=False))
         runs = _read_json(RUNS_JSON)
         runs[run_key(landscape.name, strategy, budget, seed)] = {
@@ -253,7 +282,7 @@ def run_command(
         for r in _read_json(RUNS_JSON).values()
         if r["landscape"] in names
         and r["strategy"] in strategies
-        and r["budget"] in budgets
+        and (r["budget"] in budgets or r["strategy"] == DEMO_STRATEGY)
         and r["seed"] in seeds
     ]
     print(report.render_regret(report.regret_rows(selected, references)))
@@ -261,11 +290,50 @@ def run_command(
     return 0
 
 
+def _demo_budget() -> int:
+    import yaml
+
+    from mergesearch.search.cli.demo import DEMO_SPEC
+
+    return int(yaml.safe_load(DEMO_SPEC.read_text())["budget"]["trials"])
+
+
+def _demo_spec(landscape: L.Landscape, *, seed: int, storage: str, name: str) -> dict[str, Any]:
+    """The shipped demo spec on this landscape's family, with only the search seed changed."""
+    from mergesearch.search.cli.demo import demo_spec
+    from mergesearch.search.demo.family import load_demo_family
+
+    family = load_demo_family(landscape.root, landscape.recipe, landscape.seed)
+    if family is None:
+        raise FileNotFoundError(f"landscape {landscape.name!r} is not built; run build first")
+    spec = demo_spec(family, landscape.seed)
+    spec.update(name=name, storage=storage, seed=seed, threads=L.SEARCH_THREADS)
+    return spec
+
+
 def run_key(landscape: str, strategy: str, budget: int, seed: int) -> str:
     return f"{landscape}|{strategy}|{budget}|{seed}"
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _recorded_for(recorded: dict[str, Any], name: str, weights: str) -> bool:
+    """Whether ``name``'s reference was recorded on these very weights."""
+    return recorded.get(name, {}).get("family", {}).get("weights") == weights
+
+
+def _cpu_name() -> str:
+    """The CPU model (families, and so references, depend on it)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

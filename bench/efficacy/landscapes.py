@@ -15,6 +15,7 @@ must not over-explore).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,20 @@ def build(landscape: Landscape, *, force: bool = False) -> DemoFamily:
         recipe=landscape.recipe,
         force=force,
     )
+
+
+def weights_digest(landscape: Landscape) -> str:
+    """Hash of the family's weight files: which weights a reference was recorded on.
+
+    The recipe digest names how a family is trained, not what training gives: another CPU (or
+    thread count) trains other weights from the same recipe and seed, so a reference recorded on
+    one machine says nothing about the family another machine builds.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(landscape.root.glob("*/*.safetensors")):
+        digest.update(path.relative_to(landscape.root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def is_built(landscape: Landscape) -> bool:

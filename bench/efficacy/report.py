@@ -91,15 +91,15 @@ def render_landscapes(rows: list[dict[str, Any]]) -> str:
 def render_references(references: dict[str, Any]) -> str:
     lines = [
         "| landscape | reference | method | search | vs best specialist | vs 50/50 average | "
-        "trials | s |",
-        "|---|---|---|---|---|---|---|---|",
+        "trials | s | CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, ref in references.items():
         best = ref["best_specialist"]["heldout"]
         lines.append(
             f"| {name} | **{ref['reference']:.3f}** | {ref['method']} | {ref['search']:.3f} | "
             f"{ref['reference'] - best:+.3f} | {ref['reference'] - ref['average_heldout']:+.3f} | "
-            f"{ref['trials']} | {ref['seconds']:.0f} |"
+            f"{ref['trials']} | {ref['seconds']:.0f} | {ref['family'].get('cpu', '?')} |"
         )
     return "\n".join(lines)
 
@@ -213,7 +213,7 @@ def write_results(
     """Rewrite ``bench/RESULTS_efficacy.md`` from what is recorded; keep the hand-written notes.
 
     ``runs`` restricts the regret section (default: every cached run)."""
-    references = _read(reference_json)
+    references = current_references(_read(reference_json))
     if runs is None:
         runs = list(_read(runs_json).values())
     parts = [INTRO]
@@ -248,6 +248,19 @@ def write_results(
     if RESULTS.is_file() and NOTES_MARK in RESULTS.read_text():
         notes = RESULTS.read_text().split(NOTES_MARK, 1)[1]
     RESULTS.write_text("\n".join(parts) + "\n" + NOTES_MARK + (notes or "\n"))
+
+
+def current_references(references: dict[str, Any]) -> dict[str, Any]:
+    """The references recorded on the weights built here (another CPU trains other families,
+    and their references say nothing of these)."""
+    by_name = {landscape.name: landscape for landscape in L.LANDSCAPES}
+    return {
+        name: ref
+        for name, ref in references.items()
+        if name in by_name
+        and L.is_built(by_name[name])
+        and ref.get("family", {}).get("weights") == L.weights_digest(by_name[name])
+    }
 
 
 def _read(path: Path) -> dict[str, Any]:
