@@ -32,7 +32,6 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-TEXT = REPO_ROOT / "configs" / "tasks" / "demo_text.txt"
 METHODS = ("linear", "ties", "dare_ties")
 GB = 2**30
 
@@ -115,6 +114,7 @@ def search_trials(name: str, paths: list[Path], dtype: str, device: str, work: P
     """A short search on ``device``: slowest merge and evaluation seconds, peak memory."""
     import optuna
 
+    from bench.scale import perplexity_search
     from mergesearch.search import attrs as A
     from mergesearch.search.optimize.study import run_search
 
@@ -125,25 +125,14 @@ def search_trials(name: str, paths: list[Path], dtype: str, device: str, work: P
         "threads": torch.get_num_threads(),
         "device": device,
         "cache_gb": 2,
-        "baselines": False,
-        "sources": {
-            "base": str(paths[0]),
-            "models": {f"m{i}": str(p) for i, p in enumerate(paths[1:], 1)},
-        },
-        "methods": ["ties", "linear"],
-        "parameters": {"weight": {"low": 0.2, "high": 1.0}, "density": {"low": 0.3, "high": 0.9}},
-        "objectives": [
-            {
-                "name": "ppl",
-                "evaluator": "perplexity",
-                "metric": f"{TEXT.stem}/perplexity",
-                "direction": "minimize",
-                "options": {"path": str(TEXT), "max_length": 64, "stride": 63},
-                "splits": {"search": {"limit": 4}},
-            }
-        ],
-        "sampler": {"name": "random", "seed": 0},
-        "budget": {"trials": 3},
+        **perplexity_search(
+            paths,
+            methods=["ties", "linear"],
+            density=(0.3, 0.9),
+            max_length=64,
+            windows=4,
+            trials=3,
+        ),
     }
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

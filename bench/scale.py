@@ -460,6 +460,45 @@ class Trial:
     cache_gb: float
 
 
+def perplexity_search(
+    paths: list[Path],
+    *,
+    methods: list[str],
+    density: tuple[float, float],
+    max_length: int,
+    windows: int,
+    trials: int,
+) -> dict[str, Any]:
+    """What the real-size benchmarks' search specs share (this one's and ``gpu_check``'s):
+    ``paths[0]`` the base, the rest its fine-tunes; weight and density ranges; perplexity on
+    the demo text over ``windows`` windows of ``max_length`` tokens; ``trials`` random
+    trials, no baselines."""
+    return {
+        "baselines": False,
+        "sources": {
+            "base": str(paths[0]),
+            "models": {f"m{i}": str(p) for i, p in enumerate(paths[1:], 1)},
+        },
+        "methods": methods,
+        "parameters": {
+            "weight": {"low": 0.2, "high": 1.0},
+            "density": {"low": density[0], "high": density[1]},
+        },
+        "objectives": [
+            {
+                "name": "ppl",
+                "evaluator": "perplexity",
+                "metric": f"{TEXT.stem}/perplexity",
+                "direction": "minimize",
+                "options": {"path": str(TEXT), "max_length": max_length, "stride": max_length - 1},
+                "splits": {"search": {"limit": windows}},
+            }
+        ],
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"trials": trials},
+    }
+
+
 def run_search_trials(paths: list[Path], work: Path, args: argparse.Namespace) -> Trial:
     """``mergesearch search`` for ``args.search_trials`` trials of ties over the family, scored
     by perplexity on a short text; merge and evaluation seconds from the study."""
@@ -470,25 +509,14 @@ def run_search_trials(paths: list[Path], work: Path, args: argparse.Namespace) -
         "threads": args.threads,
         "dtype": "bfloat16",
         "cache_gb": args.cache_gb,
-        "baselines": False,
-        "sources": {
-            "base": str(paths[0]),
-            "models": {f"m{i}": str(p) for i, p in enumerate(paths[1:], 1)},
-        },
-        "methods": ["ties"],
-        "parameters": {"weight": {"low": 0.2, "high": 1.0}, "density": {"low": 0.2, "high": 0.8}},
-        "objectives": [
-            {
-                "name": "ppl",
-                "evaluator": "perplexity",
-                "metric": f"{TEXT.stem}/perplexity",
-                "direction": "minimize",
-                "options": {"path": str(TEXT), "max_length": 128, "stride": 127},
-                "splits": {"search": {"limit": 2}},
-            }
-        ],
-        "sampler": {"name": "random", "seed": 0},
-        "budget": {"trials": args.search_trials},
+        **perplexity_search(
+            paths,
+            methods=["ties"],
+            density=(0.2, 0.8),
+            max_length=128,
+            windows=2,
+            trials=args.search_trials,
+        ),
     }
     spec_path = work / "search.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))

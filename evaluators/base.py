@@ -7,6 +7,7 @@ requests). Adding an evaluator is adding one module that calls ``register``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -55,6 +56,39 @@ class Evaluator(Protocol):
     # Optional: ``metric_names() -> {task: {metric, ...}}``, the metrics each task produces,
     # known before any call (lm-eval reads them from the task configs). A search then checks
     # its objectives' metric names before the study exists; without it, at the first trial.
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``Evaluator.evaluate``'s keywords as one value, what ``TimedEvaluator._score`` takes:
+    ``limit`` (the first items) or ``samples`` (item indices), the call's ``seed``, and
+    whether to return ``per_item`` scores."""
+
+    limit: int | None = None
+    seed: int = 0
+    samples: Sequence[int] | None = None
+    per_item: bool = False
+
+
+class TimedEvaluator:
+    """Base of the built-in evaluators: ``evaluate`` takes ``Evaluator``'s keywords in one
+    place for all of them, and measures each call's ``seconds`` the same way. A subclass
+    writes ``_score`` and ``direction``."""
+
+    def evaluate(self, model: Any, tokenizer: Any, **keywords: Any) -> EvalResult:
+        """``Evaluator.evaluate``; ``keywords`` are ``Selection``'s fields."""
+        return self._timed(model, tokenizer, Selection(**keywords))
+
+    def _timed(self, model: Any, tokenizer: Any, selection: Selection, **extra: Any) -> EvalResult:
+        """``_score``, with the result's ``seconds`` set to the call's wall time; ``extra``
+        keywords of a subclass's own ``evaluate`` go through to its ``_score``."""
+        started = time.perf_counter()
+        result = self._score(model, tokenizer, selection, **extra)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _score(self, model: Any, tokenizer: Any, selection: Selection) -> EvalResult:
+        raise NotImplementedError
 
 
 EvaluatorFactory = Callable[..., Evaluator]

@@ -15,7 +15,6 @@ folder (plain lm-eval resolves them against the current directory); see ``_task_
 from __future__ import annotations
 
 import random
-import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from mergesearch.configs import TASKS_DIR
 from mergesearch.evaluators import runtime
-from mergesearch.evaluators.base import Direction, EvalResult, register
+from mergesearch.evaluators.base import Direction, EvalResult, Selection, TimedEvaluator, register
 from mergesearch.evaluators.errors import EvaluatorError, EvaluatorRuntimeError
 
 DEFAULT_INCLUDE_PATH = TASKS_DIR
@@ -36,7 +35,7 @@ _MANAGERS: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 
 @register("lm_eval")
-class LMEvalEvaluator:
+class LMEvalEvaluator(TimedEvaluator):
     """Scores ``tasks`` with lm-eval; metric names are ``"<task>/<metric>,<filter>"``.
 
     Options: ``tasks`` (names, groups, tags or YAML paths), ``include_path`` (folders of local
@@ -179,21 +178,19 @@ class LMEvalEvaluator:
     # ------------------------------------------------------------------ scoring, every call
 
     def evaluate(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        limit: int | None = None,
-        seed: int = 0,
-        samples: Sequence[int] | None = None,
-        per_item: bool = False,
-        exclude: Sequence[int] = (),
+        self, model: Any, tokenizer: Any, *, exclude: Sequence[int] = (), **keywords: Any
     ) -> EvalResult:
-        """Score the selected documents of every task; ``exclude`` leaves out documents a
-        caller scored already (staged evaluation adds items to a first look, it does not redo
-        them). A task left with no document is absent from the result."""
-        started = time.perf_counter()
-        limit = _check_limit(limit) if limit is not None else self.limit
+        """Score the selected documents of every task (``keywords``: ``Selection``'s);
+        ``exclude`` leaves out documents a caller scored already (staged evaluation adds items
+        to a first look, it does not redo them). A task left with no document is absent from
+        the result."""
+        return self._timed(model, tokenizer, Selection(**keywords), exclude=exclude)
+
+    def _score(
+        self, model: Any, tokenizer: Any, selection: Selection, exclude: Sequence[int] = ()
+    ) -> EvalResult:
+        samples = selection.samples
+        limit = _check_limit(selection.limit) if selection.limit is not None else self.limit
         if samples is not None and limit is not None:
             raise EvaluatorError("lm_eval: give limit or samples, not both")
         skip = set(exclude)
@@ -203,9 +200,9 @@ class LMEvalEvaluator:
         }
         selections = {name: docs for name, docs in selections.items() if docs}
         if not selections:
-            return EvalResult(metrics={}, seconds=time.perf_counter() - started)
+            return EvalResult(metrics={})
         lm = self._wrap(model, tokenizer)
-        _seed_everything(seed)
+        _seed_everything(selection.seed)
 
         requests: dict[str, dict[int, list]] = {}
         by_type: dict[str, list] = defaultdict(list)
@@ -253,12 +250,11 @@ class LMEvalEvaluator:
                     f"lm_eval task {task!r} produced no {missing[0].partition('/')[2]!r}"
                 )
             metrics = {m: metrics[m] for m in self.metrics if m in metrics}
-        items = {m: item_scores[m] for m in metrics if m in item_scores} if per_item else {}
+        items = (
+            {m: item_scores[m] for m in metrics if m in item_scores} if selection.per_item else {}
+        )
         return EvalResult(
-            metrics=metrics,
-            items=items,
-            seconds=time.perf_counter() - started,
-            requests=sum(len(batch) for batch in by_type.values()),
+            metrics=metrics, items=items, requests=sum(len(batch) for batch in by_type.values())
         )
 
     def direction(self, metric: str) -> Direction:

@@ -10,18 +10,16 @@ window's perplexity.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mergesearch.evaluators import runtime
-from mergesearch.evaluators.base import Direction, EvalResult, register
+from mergesearch.evaluators.base import Direction, EvalResult, Selection, TimedEvaluator, register
 from mergesearch.evaluators.errors import EvaluatorError
 
 
 @register("perplexity")
-class PerplexityEvaluator:
+class PerplexityEvaluator(TimedEvaluator):
     """Metrics ``"<file stem>/perplexity"`` (per token) and ``"<file stem>/bits_per_byte"``."""
 
     name = "perplexity"
@@ -48,20 +46,11 @@ class PerplexityEvaluator:
         self.batch_size = batch_size
         self._windows: dict[tuple[int, int, int], list[tuple[list[int], int]]] = {}
 
-    def evaluate(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        limit: int | None = None,
-        seed: int = 0,
-        samples: Sequence[int] | None = None,
-        per_item: bool = False,
-    ) -> EvalResult:
+    def _score(self, model: Any, tokenizer: Any, selection: Selection) -> EvalResult:
         import torch
 
-        started = time.perf_counter()
         windows = self._windows_for(model, tokenizer)
+        limit, samples = selection.limit, selection.samples
         if samples is not None and limit is not None:
             raise EvaluatorError("perplexity: give limit or samples, not both")
         chosen = sorted(set(samples)) if samples is not None else list(range(len(windows)))
@@ -70,7 +59,7 @@ class PerplexityEvaluator:
                 f"perplexity {self.task!r}: window index out of range (it has {len(windows)})"
             )
         chosen = chosen[:limit] if limit is not None else chosen
-        torch.manual_seed(seed)
+        torch.manual_seed(selection.seed)
 
         model.eval()
         per_window: dict[int, tuple[float, int]] = {}  # index -> (nll sum, scored tokens)
@@ -96,16 +85,11 @@ class PerplexityEvaluator:
             f"{self.task}/bits_per_byte": nll / math.log(2) / n_bytes,
         }
         items = {}
-        if per_item:
+        if selection.per_item:
             items[f"{self.task}/perplexity"] = [
                 (i, math.exp(per_window[i][0] / per_window[i][1])) for i in chosen
             ]
-        return EvalResult(
-            metrics=metrics,
-            items=items,
-            seconds=time.perf_counter() - started,
-            requests=len(chosen),
-        )
+        return EvalResult(metrics=metrics, items=items, requests=len(chosen))
 
     def direction(self, metric: str) -> Direction:
         return "minimize"

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 
 from mergesearch.evaluators import runtime
-from mergesearch.evaluators.base import Direction, EvalResult, register
+from mergesearch.evaluators.base import Direction, EvalResult, Selection, TimedEvaluator, register
 from mergesearch.evaluators.errors import EvaluatorError
 
-_CALL_KEYWORDS = ("limit", "seed", "samples", "per_item")
+_CALL_KEYWORDS = tuple(f.name for f in fields(Selection))  # limit, seed, samples, per_item
 
 
 @register("python")
-class PythonEvaluator:
+class PythonEvaluator(TimedEvaluator):
     """Options: ``callable`` (``"pkg.mod:fn"``), ``directions`` (metric -> ``"maximize"`` or
     ``"minimize"``, for metrics where higher is not better), ``options`` (extra keywords for
     the function), ``threads``."""
@@ -51,19 +51,9 @@ class PythonEvaluator:
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
         self._passed = [k for k in _CALL_KEYWORDS if takes_any or k in accepted]
 
-    def evaluate(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        limit: int | None = None,
-        seed: int = 0,
-        samples: Sequence[int] | None = None,
-        per_item: bool = False,
-    ) -> EvalResult:
-        started = time.perf_counter()
-        given = {"limit": limit, "seed": seed, "samples": samples, "per_item": per_item}
-        out = self.fn(model, tokenizer, **{k: given[k] for k in self._passed}, **self.options)
+    def _score(self, model: Any, tokenizer: Any, selection: Selection) -> EvalResult:
+        given = {k: getattr(selection, k) for k in self._passed}
+        out = self.fn(model, tokenizer, **given, **self.options)
         if isinstance(out, EvalResult):
             result = out
         elif isinstance(out, Mapping):
@@ -78,7 +68,6 @@ class PythonEvaluator:
                 f"python evaluator {self.target!r} returned {type(out).__name__}, "
                 "expected a mapping of metric names to numbers or an EvalResult"
             )
-        result.seconds = time.perf_counter() - started
         return result
 
     def direction(self, metric: str) -> Direction:

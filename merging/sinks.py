@@ -44,16 +44,13 @@ SAFETENSORS_NAMES = {
 
 
 Rows = tuple[int, int]  # a part of a tensor: rows [start, stop) of its first dimension
+# what a writer passes with a tensor: called once the sink no longer needs that memory
+Done = Callable[[], None]
 
 
 class TensorSink(Protocol):
     def write(
-        self,
-        name: str,
-        tensor: torch.Tensor,
-        *,
-        rows: Rows | None = None,
-        done: Callable[[], None] | None = None,
+        self, name: str, tensor: torch.Tensor, *, rows: Rows | None = None, done: Done | None = None
     ) -> None:
         """Take ``tensor`` (or rows ``[start, stop)`` of it, in order); call ``done`` once
         ``tensor``'s memory may be reused."""
@@ -92,7 +89,7 @@ class ModelSink:
         self.written: set[int] = set()
         shared = Counter(t.data_ptr() for t in self.targets.values())
         self._alone = {n for n, t in self.targets.items() if shared[t.data_ptr()] == 1}
-        self._copying: list[tuple[Any, Callable[[], None] | None]] = []  # (CUDA event, done)
+        self._copying: list[tuple[Any, Done | None]] = []  # (CUDA event, done)
 
     def destination(self, name: str, rows: Rows | None = None) -> torch.Tensor | None:
         target = self.targets.get(name)
@@ -103,12 +100,7 @@ class ModelSink:
         return target.data if rows is None else target.data[rows[0] : rows[1]]
 
     def write(
-        self,
-        name: str,
-        tensor: torch.Tensor,
-        *,
-        rows: Rows | None = None,
-        done: Callable[[], None] | None = None,
+        self, name: str, tensor: torch.Tensor, *, rows: Rows | None = None, done: Done | None = None
     ) -> None:
         target = self.targets.get(name)
         if target is None:
@@ -243,7 +235,7 @@ class _Item:
     tensor: torch.Tensor
     first: bool  # the tensor's first bytes
     last: bool  # the tensor's last bytes
-    done: Callable[[], None] | None
+    done: Done | None
 
 
 class DiskSink:
@@ -303,12 +295,7 @@ class DiskSink:
         return None  # the writer thread calls each ``done`` as soon as it has written
 
     def write(
-        self,
-        name: str,
-        tensor: torch.Tensor,
-        *,
-        rows: Rows | None = None,
-        done: Callable[[], None] | None = None,
+        self, name: str, tensor: torch.Tensor, *, rows: Rows | None = None, done: Done | None = None
     ) -> None:
         """Queue ``tensor`` (whole, or its next rows) for writing; the caller must not modify
         it until ``done`` is called."""

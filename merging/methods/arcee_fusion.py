@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from mergesearch.merging import buffers
-from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import selection as S
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
@@ -90,10 +89,9 @@ def arcee_fusion(
     params: Mapping[str, Any],
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    if base is None or len(inputs) != 1:
-        raise ConfigError("arcee_fusion merges exactly two models: base_model and one other")
+    b, x = P.base_and_other("arcee_fusion", inputs, base)
+    assert base is not None  # checked by base_and_other
     width = max(1, base.shape[-1]) if base.dim() >= 1 else 1
-    b, x = base.detach().reshape(-1), inputs[0].detach().reshape(-1)
     importance = Importance(x, b, width)
     threshold = float(fusion_threshold(importance))
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from mergesearch.merging import buffers
-from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
 from mergesearch.merging.methods.selection import blocks
@@ -37,11 +36,10 @@ def nearswap(
     params: Mapping[str, Any],
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    if base is None or len(inputs) != 1:
-        raise ConfigError("nearswap merges exactly two models: base_model and one other")
+    b, x = P.base_and_other("nearswap", inputs, base)
+    assert base is not None  # checked by base_and_other
     t = float(params["t"])
     acc = P.accumulation_dtype(base.dtype)
-    b, x = base.detach().reshape(-1), inputs[0].detach().reshape(-1)
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
     for sl in blocks(b.numel()):
         bb, xx = b[sl].to(acc), x[sl].to(acc)

@@ -37,6 +37,16 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def base_and_other(
+    method: str, inputs: Sequence[torch.Tensor], base: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat views of the base and the one other input of a method that merges exactly two
+    models (``method`` names it in the error)."""
+    if base is None or len(inputs) != 1:
+        raise ConfigError(f"{method} merges exactly two models: base_model and one other")
+    return base.detach().reshape(-1), inputs[0].detach().reshape(-1)
+
+
 def zero_low_bits(dtype: torch.dtype) -> int:
     """How many low bits of a float32 upcast of ``dtype`` are always zero (0: any float32)."""
     return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)

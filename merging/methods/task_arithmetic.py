@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -148,37 +148,48 @@ def generalized_task_arithmetic(
     return out.reshape(base.shape)
 
 
-def _register(
-    name: str,
-    *,
-    sparsifier: SP.Sparsifier | None,
-    consensus: bool,
-    normalize: bool,
-    rescale: bool,
-    description: str,
-    paper: str,
-    extra_per_model: Mapping[str, Any] | None = None,
-) -> None:
-    """One YAML name of the family: its sparsifier, whether signs are elected, and the
-    defaults of ``normalize`` and ``rescale``."""
+# per-model parameters a sparsifier reads besides density, with their defaults
+_SPARSIFIER_PARAMS: dict[SP.Sparsifier, dict[str, float]] = {
+    SP.breadcrumbs: {"gamma": 0.01},
+    SP.della: {"epsilon": 0.15},
+}
+
+
+class _Variant(NamedTuple):
+    """What sets one YAML name of the family apart."""
+
+    sparsifier: SP.Sparsifier | None
+    consensus: bool  # signs elected
+    normalize: bool  # default of ``normalize``
+    rescale: bool  # default of ``rescale``
+    paper: str
+
+
+def _register(name: str, variant: _Variant) -> None:
+    """One YAML name of the family: the generalized function with the variant's sparsifier
+    and consensus, and the per-model parameters that sparsifier reads."""
+    sparsifier = variant.sparsifier
+    extra_per_model = _SPARSIFIER_PARAMS.get(sparsifier, {}) if sparsifier is not None else {}
     register(
         MergeMethod(
             name=name,
-            fn=partial(generalized_task_arithmetic, sparsifier=sparsifier, consensus=consensus),
+            fn=partial(
+                generalized_task_arithmetic, sparsifier=sparsifier, consensus=variant.consensus
+            ),
             base=BaseRole.REQUIRED,
-            per_model_params={"weight": REQUIRED, "density": 1.0, **(extra_per_model or {})},
+            per_model_params={"weight": REQUIRED, "density": 1.0, **extra_per_model},
             global_params={
-                "normalize": normalize,
-                "rescale": rescale,
+                "normalize": variant.normalize,
+                "rescale": variant.rescale,
                 "lambda": 1.0,
                 "int8_mask": False,  # accepted for mergekit compatibility; masks here are bool
             },
             min_inputs=0,  # with no other model the result is the base, as in mergekit
             uses_randomness=sparsifier in (SP.random, SP.della),
-            elementwise=sparsifier is None and not consensus,
+            elementwise=sparsifier is None and not variant.consensus,
             result_in_base=True,
-            description=description,
-            paper=paper,
+            description=_DESCRIPTIONS[name],
+            paper=variant.paper,
         )
     )
 
@@ -190,85 +201,31 @@ BREADCRUMBS = "https://arxiv.org/abs/2312.06795"
 DELLA = "https://arxiv.org/abs/2406.11617"
 
 # task_arithmetic accepts density (and rescale) like mergekit but has no sparsifier to use them.
-_register(
-    "task_arithmetic",
-    sparsifier=None,
-    consensus=False,
-    normalize=False,
-    rescale=False,
-    description="the base plus a weighted sum of task vectors (model minus base)",
-    paper=TASK_ARITHMETIC,
-)
-_register(
-    "ties",
-    sparsifier=SP.magnitude,
-    consensus=True,
-    normalize=True,
-    rescale=False,
-    description=(
+_VARIANTS = {  # name: sparsifier, consensus, normalize, rescale, paper
+    "task_arithmetic": _Variant(None, False, False, False, TASK_ARITHMETIC),
+    "ties": _Variant(SP.magnitude, True, True, False, TIES),
+    "dare_linear": _Variant(SP.random, False, False, True, DARE),
+    "dare_ties": _Variant(SP.random, True, False, True, DARE),
+    "breadcrumbs": _Variant(SP.breadcrumbs, False, False, False, BREADCRUMBS),
+    "breadcrumbs_ties": _Variant(SP.breadcrumbs, True, False, False, BREADCRUMBS),
+    "della": _Variant(SP.della, True, True, True, DELLA),
+    "della_linear": _Variant(SP.della, False, False, True, DELLA),
+}
+_DESCRIPTIONS = {
+    "task_arithmetic": "the base plus a weighted sum of task vectors (model minus base)",
+    "ties": (
         "task vectors trimmed by magnitude, signs elected, their disjoint mean added to the "
         "base (TIES)"
     ),
-    paper=TIES,
-)
-_register(
-    "dare_linear",
-    sparsifier=SP.random,
-    consensus=False,
-    normalize=False,
-    rescale=True,
-    description="task vectors randomly dropped and L1-rescaled, then summed (DARE)",
-    paper=DARE,
-)
-_register(
-    "dare_ties",
-    sparsifier=SP.random,
-    consensus=True,
-    normalize=False,
-    rescale=True,
-    description="task vectors randomly dropped and rescaled, then TIES sign election (DARE-TIES)",
-    paper=DARE,
-)
-_register(
-    "breadcrumbs",
-    sparsifier=SP.breadcrumbs,
-    consensus=False,
-    normalize=False,
-    rescale=False,
-    description="task vectors without their smallest and largest entries (Model Breadcrumbs)",
-    paper=BREADCRUMBS,
-    extra_per_model={"gamma": 0.01},
-)
-_register(
-    "breadcrumbs_ties",
-    sparsifier=SP.breadcrumbs,
-    consensus=True,
-    normalize=False,
-    rescale=False,
-    description="Model Breadcrumbs with TIES sign election",
-    paper=BREADCRUMBS,
-    extra_per_model={"gamma": 0.01},
-)
-_register(
-    "della",
-    sparsifier=SP.della,
-    consensus=True,
-    normalize=True,
-    rescale=True,
-    description=(
+    "dare_linear": "task vectors randomly dropped and L1-rescaled, then summed (DARE)",
+    "dare_ties": "task vectors randomly dropped and rescaled, then TIES sign election (DARE-TIES)",
+    "breadcrumbs": "task vectors without their smallest and largest entries (Model Breadcrumbs)",
+    "breadcrumbs_ties": "Model Breadcrumbs with TIES sign election",
+    "della": (
         "task vectors dropped at random with probabilities ranked by magnitude, rescaled, "
         "then TIES sign election (DELLA)"
     ),
-    paper=DELLA,
-    extra_per_model={"epsilon": 0.15},
-)
-_register(
-    "della_linear",
-    sparsifier=SP.della,
-    consensus=False,
-    normalize=False,
-    rescale=True,
-    description="DELLA's magnitude-ranked random drop and rescale, without sign election",
-    paper=DELLA,
-    extra_per_model={"epsilon": 0.15},
-)
+    "della_linear": "DELLA's magnitude-ranked random drop and rescale, without sign election",
+}
+for _name, _variant in _VARIANTS.items():
+    _register(_name, _variant)

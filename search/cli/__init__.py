@@ -129,6 +129,21 @@ def user_error_exit_code(err: BaseException) -> int | None:
     return 1 if isinstance(err, MergeError) else None
 
 
+def report_error(err: Exception, command: str | None, *, debug: bool) -> int | None:
+    """Print ``err`` as one line on stderr and return the exit code: 2 for a missing extra or
+    bad input, 1 for a runtime failure. ``None`` (nothing printed) when the caller must
+    re-raise instead: a bug, or any error under ``--debug``."""
+    if isinstance(err, ModuleNotFoundError):
+        message, code = missing_extra(err), 2
+    else:
+        # a storage URL in a message from any library: never its password
+        message, code = hide_passwords(str(err)), user_error_exit_code(err)
+    if message is None or code is None or debug:
+        return None
+    print(f"mergesearch {command}: error: {message}", file=sys.stderr)
+    return code
+
+
 # what running the same command again does after Ctrl-C: a study keeps its finished trials;
 # other outputs appear only when complete, so there is nothing to pick up
 RESUME_HINTS = {"search": "resume the study", "demo": "resume the demo"}
@@ -140,11 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(command)
     except ModuleNotFoundError as err:  # the command's module needs an extra not installed
-        advice = missing_extra(err)
-        if advice is None or "--debug" in argv:
+        code = report_error(err, command, debug="--debug" in argv)
+        if code is None:
             raise
-        print(f"mergesearch {command}: error: {advice}", file=sys.stderr)
-        return 2
+        return code
     args = parser.parse_args(argv)
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"  # read by the evaluators' process settings
@@ -164,18 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except ModuleNotFoundError as err:
-        advice = missing_extra(err)
-        if advice is None or args.debug:
-            raise
-        print(f"mergesearch {args.command}: error: {advice}", file=sys.stderr)
-        return 2
     except Exception as err:
-        code = user_error_exit_code(err)
-        if code is None or args.debug:
+        code = report_error(err, args.command, debug=args.debug)
+        if code is None:
             raise
-        # a storage URL in a message from any library: never its password
-        print(f"mergesearch {args.command}: error: {hide_passwords(str(err))}", file=sys.stderr)
         return code
 
 

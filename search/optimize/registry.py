@@ -101,6 +101,22 @@ def _portfolio(p: Problem) -> BaseSampler:
     )
 
 
+def _general(
+    sampler: Callable[..., BaseSampler],
+    title: str,
+    auto_when: Callable[[Problem], bool] | None = None,
+) -> SamplerEntry:
+    """An Optuna sampler that models every kind of dimension and several objectives, built
+    from the seed and the spec's options alone."""
+    return SamplerEntry(
+        lambda p: sampler(seed=p.seed, **p.options),
+        categorical=True,
+        multi_objective=True,
+        auto_when=auto_when,
+        title=title,
+    )
+
+
 SAMPLERS: dict[str, SamplerEntry] = {
     "portfolio": SamplerEntry(
         _portfolio,
@@ -121,31 +137,16 @@ SAMPLERS: dict[str, SamplerEntry] = {
         auto_when=lambda p: p.numeric >= 2,
         title="CMA-ES (an evolution strategy)",
     ),
-    "tpe": SamplerEntry(
-        lambda p: optuna.samplers.TPESampler(seed=p.seed, **p.options),
-        categorical=True,
-        multi_objective=True,
+    "tpe": _general(
+        optuna.samplers.TPESampler,
+        "TPE (tree-structured Parzen estimator, Bayesian optimisation)",
         auto_when=lambda p: True,
-        title="TPE (tree-structured Parzen estimator, Bayesian optimisation)",
     ),
-    "gp": SamplerEntry(
-        lambda p: optuna.samplers.GPSampler(seed=p.seed, **p.options),
-        categorical=True,
-        multi_objective=True,
-        title="Gaussian-process Bayesian optimisation",
+    "gp": _general(optuna.samplers.GPSampler, "Gaussian-process Bayesian optimisation"),
+    "nsga2": _general(
+        optuna.samplers.NSGAIISampler, "NSGA-II (a multi-objective evolutionary algorithm)"
     ),
-    "nsga2": SamplerEntry(
-        lambda p: optuna.samplers.NSGAIISampler(seed=p.seed, **p.options),
-        categorical=True,
-        multi_objective=True,
-        title="NSGA-II (a multi-objective evolutionary algorithm)",
-    ),
-    "random": SamplerEntry(
-        lambda p: optuna.samplers.RandomSampler(seed=p.seed, **p.options),
-        categorical=True,
-        multi_objective=True,
-        title="random search",
-    ),
+    "random": _general(optuna.samplers.RandomSampler, "random search"),
     "qmc": SamplerEntry(
         lambda p: _experimental(
             lambda: optuna.samplers.QMCSampler(

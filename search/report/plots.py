@@ -20,6 +20,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator
@@ -340,6 +341,29 @@ def _is_number(value: object) -> bool:
 # ------------------------------------------------------------------------------ plotly
 
 
+def _trial_points(first: bool) -> dict[str, Any]:
+    """Search trials as points, alike in every panel and plot; ``first``: the panel whose
+    legend entry stands for all."""
+    return {
+        "mode": "markers",
+        "name": "trial",
+        "legendgroup": "trial",
+        "showlegend": first,
+        "marker": {"color": COLORS[0], "size": 7},
+    }
+
+
+def _reference_color(k: int) -> str:
+    """The colour of the ``k``-th reference (a source alone, their average): after the
+    trials' and the best-so-far line's."""
+    return COLORS[(k + 2) % len(COLORS)]
+
+
+def _reference_marker(k: int) -> dict[str, Any]:
+    """A reference as one point (against another objective): a diamond in its colour."""
+    return {"symbol": "diamond", "size": 11, "color": _reference_color(k)}
+
+
 def plotly_history(data: StudyData, series: list[Series]):
     from plotly.subplots import make_subplots
 
@@ -355,11 +379,7 @@ def plotly_history(data: StudyData, series: list[Series]):
         fig.add_scatter(
             x=s.x,
             y=s.y,
-            mode="markers",
-            name="trial",
-            legendgroup="trial",
-            showlegend=first,
-            marker={"color": COLORS[0], "size": 7},
+            **_trial_points(first),
             hovertemplate="trial %{x}: %{y:.4f}<extra></extra>",
             row=row,
             col=1,
@@ -401,7 +421,7 @@ def plotly_history(data: StudyData, series: list[Series]):
                 x=span,
                 y=[value, value],
                 mode="lines",
-                line={"dash": "dash", "color": COLORS[(k + 2) % len(COLORS)], "width": 1.5},
+                line={"dash": "dash", "color": _reference_color(k), "width": 1.5},
                 name=ref_label(name),
                 legendgroup=f"ref-{name}",
                 showlegend=first,
@@ -463,11 +483,7 @@ def plotly_pairs(pairs: list[Pair]):
             x=[t[1] for t in pair.trials],
             y=[t[2] for t in pair.trials],
             text=[f"trial {t[0]}" for t in pair.trials],
-            mode="markers",
-            name="trial",
-            legendgroup="trial",
-            showlegend=first,
-            marker={"color": COLORS[0], "size": 7},
+            **_trial_points(first),
             hovertemplate="%{text}: (%{x:.4f}, %{y:.4f})<extra></extra>",
             row=row,
             col=col,
@@ -480,7 +496,7 @@ def plotly_pairs(pairs: list[Pair]):
                 name=ref_label(name),
                 legendgroup=f"ref-{name}",
                 showlegend=first,
-                marker={"symbol": "diamond", "size": 11, "color": COLORS[(k + 2) % len(COLORS)]},
+                marker=_reference_marker(k),
                 row=row,
                 col=col,
             )
@@ -522,7 +538,7 @@ def plotly_pareto(data: StudyData):
             **coords,
             mode="markers",
             name=ref_label(label),
-            marker={"symbol": "diamond", "size": 11, "color": COLORS[(k + 2) % len(COLORS)]},
+            marker=_reference_marker(k),
         )
         fig.add_scatter3d(**trace) if three else fig.add_scatter(**trace)
     if data.chosen is not None and len(data.chosen.values or []) == len(names):

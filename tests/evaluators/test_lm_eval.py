@@ -11,6 +11,7 @@ import pytest
 
 from mergesearch import evaluators
 from mergesearch.evaluators import EvaluatorError
+from mergesearch.search.demo.tasks import exact_match_yaml
 from tests.evaluators.conftest import tiny_model
 from tests.evaluators.direct import continuation_logprob, greedy
 
@@ -32,20 +33,8 @@ GEN_YAML = (
 output_type: generate_until
 doc_to_text: "{{{{prompt}}}}"
 doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: {max_gen}
-  do_sample: false
-filter_list:
-  - name: strip
-    filter:
-      - function: remove_whitespace
-      - function: take_first
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
 """
+    + exact_match_yaml(MAX_GEN)
 )
 
 MC_YAML = (
@@ -71,7 +60,7 @@ def _words(n: int, seed: int) -> list[str]:
 def _write_task(folder: Path, name: str, template: str, records: list[dict]) -> None:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     (folder / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (folder / f"{name}.yaml").write_text(template.format(name=name, max_gen=MAX_GEN))
+    (folder / f"{name}.yaml").write_text(template.format(name=name))
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +207,7 @@ def test_unknown_task_is_one_line_naming_it(task_dir):
 
 
 def test_missing_data_file_is_one_line_naming_the_task(task_dir, tmp_path):
-    (tmp_path / "t_lost.yaml").write_text(GEN_YAML.format(name="t_lost", max_gen=4))
+    (tmp_path / "t_lost.yaml").write_text(GEN_YAML.format(name="t_lost"))
     message = _one_line_error("'t_lost'", tasks=["t_lost"], include_path=tmp_path)
     assert "t_lost.jsonl" in message
 

@@ -126,12 +126,21 @@ PER_MODEL = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("flip", "seed"), [(False, 7), (True, 8)], ids=["defaults", "every_switch_flipped"]
+)
 @pytest.mark.parametrize("name", sorted(DEFAULTS))
-def test_golden_with_defaults(name):
+def test_golden(name, flip, seed):
+    """Each name against the reference with its own defaults, and with normalize and rescale
+    both flipped and lambda changed (switches passed only then: the defaults are under test)."""
     sparsifier, consensus, normalize, rescale = DEFAULTS[name]
     xs, base = models()
-    gen = torch.Generator().manual_seed(7)
-    out = run(name, xs, base=base, per_model=PER_MODEL, generator=gen)
+    gen = torch.Generator().manual_seed(seed)
+    lam = 1.0
+    if flip:
+        normalize, rescale, lam = not normalize, not rescale, 0.6
+    flipped = {"normalize": normalize, "rescale": rescale, "lambda": lam} if flip else {}
+    out = run(name, xs, base=base, per_model=PER_MODEL, generator=gen, **flipped)
     expected = ref_gta(
         xs,
         base,
@@ -140,29 +149,8 @@ def test_golden_with_defaults(name):
         consensus=consensus,
         normalize=normalize,
         rescale=rescale,
-        lam=1.0,
-        seed=7,
-    )
-    close(out, expected)
-
-
-@pytest.mark.parametrize("name", sorted(DEFAULTS))
-def test_golden_with_every_switch_flipped(name):
-    sparsifier, consensus, normalize, rescale = DEFAULTS[name]
-    xs, base = models()
-    gen = torch.Generator().manual_seed(8)
-    flipped = {"normalize": not normalize, "rescale": not rescale, "lambda": 0.6}
-    out = run(name, xs, base=base, per_model=PER_MODEL, generator=gen, **flipped)
-    expected = ref_gta(
-        xs,
-        base,
-        PER_MODEL,
-        sparsifier=sparsifier,
-        consensus=consensus,
-        normalize=not normalize,
-        rescale=not rescale,
-        lam=0.6,
-        seed=8,
+        lam=lam,
+        seed=seed,
     )
     close(out, expected)
 

@@ -44,9 +44,7 @@ def test_staged_trials_count_each_item_once(family, tmp_path):
     trials = study.get_trials(deepcopy=False)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     scored = [
-        t
-        for t in trials
-        if t.state == TrialState.COMPLETE and A.DUPLICATE_OF not in t.user_attrs
+        t for t in trials if t.state == TrialState.COMPLETE and A.DUPLICATE_OF not in t.user_attrs
     ]
     duplicates = [t for t in trials if A.DUPLICATE_OF in t.user_attrs]
     assert pruned and scored  # both kinds happened

@@ -31,9 +31,7 @@ def test_a_weighted_sum_adds_means_and_variances_by_weight():
     one_y = paired_gain({"y": a["y"]}, {"y": b["y"]}, {"y": 1.0})
     both = paired_gain(a, b, {"x": 0.5, "y": -0.5})
     assert both.value == pytest.approx(0.5 * one_x.value - 0.5 * one_y.value)
-    assert both.stderr == pytest.approx(
-        math.sqrt(0.25 * one_x.stderr**2 + 0.25 * one_y.stderr**2)
-    )
+    assert both.stderr == pytest.approx(math.sqrt(0.25 * one_x.stderr**2 + 0.25 * one_y.stderr**2))
 
 
 def test_only_documents_both_were_scored_on_count():
