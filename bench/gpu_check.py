@@ -1,7 +1,7 @@
 """GPU evaluation check: CPU-vs-GPU merge parity, trial timing and memory, in one command.
 
-    python bench/gpu_check.py                 # demo family (or the tests' tiny one) + wide8 subset
-    python bench/gpu_check.py --size tiny     # the tiny family only: seconds, no real-size files
+    python bench/gpu_check.py                 # the shipped demo family + a wide8 subset
+    python bench/gpu_check.py --size tiny     # the shipped demo family only: seconds, no big files
     python bench/gpu_check.py --help
 
 For each family and method: merge into a live model on the CPU, then into one on the GPU (the
@@ -36,17 +36,15 @@ METHODS = ("linear", "ties", "dare_ties")
 GB = 2**30
 
 
-def demo_or_tiny(work: Path) -> tuple[str, list[Path]]:
-    """The demo family when it was built here (``mergesearch demo build``), else a tiny
-    Llama family like the tests'."""
-    from mergesearch.search.demo.family import default_demo_dir, load_demo_family
+def demo_family() -> list[Path]:
+    """The canonical demo family that ships with the package (base + two specialists, 9.6 MB):
+    on every machine, with no build and nothing borrowed from the tests."""
+    from mergesearch.search.demo.family import shipped_family
 
-    family = load_demo_family(default_demo_dir() / "seed0")
-    if family is not None:
-        return "demo", [family.base, *family.specialists.values()]
-    from tests.helpers.tiny_models import make_llama_family
-
-    return "tiny", make_llama_family(work / "tiny", n_models=3, seed=0)
+    family = shipped_family(0)
+    if family is None:
+        raise SystemExit("the shipped demo family is missing: reinstall mergesearch")
+    return [family.base, *family.specialists.values()]
 
 
 def wide8_subset(work: Path, layers: int) -> list[Path]:
@@ -163,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--size", choices=["tiny", "full"], default="full")
+    parser.add_argument(
+        "--size",
+        choices=["tiny", "full"],
+        default="full",
+        help="tiny: the demo family only; full: also a wide8 subset (GBs, minutes)",
+    )
     parser.add_argument("--layers", type=int, default=2, help="layers of the wide8 subset")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--results", type=Path, help="also write the tables to this file")
@@ -175,12 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     merges, trials = [], []
     try:
-        name, paths = demo_or_tiny(work) if args.size == "full" else ("tiny", None)
-        if paths is None:
-            from tests.helpers.tiny_models import make_llama_family
-
-            paths = make_llama_family(work / "tiny", n_models=3, seed=0)
-        families = [(name, paths, "float32")]
+        families = [("demo", demo_family(), "float32")]
         if args.size == "full":
             families.append((f"wide8-{args.layers}l", wide8_subset(work, args.layers), "bfloat16"))
         for fam, fam_paths, dtype in families:
