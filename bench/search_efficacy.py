@@ -2,6 +2,7 @@
 
     python bench/search_efficacy.py build [--only NAME ...] [--force]
     python bench/search_efficacy.py grid NAME
+    python bench/search_efficacy.py demo-table [--only NAME ...]
     python bench/search_efficacy.py reference [--only NAME ...] [--force]
     python bench/search_efficacy.py run [--strategies auto tpe cmaes gp random auto+mf]
         [--budgets 30 60 120] [--seeds 0 1 2] [--only NAME ...]
@@ -15,8 +16,11 @@ per landscape over all the suite's methods and records, in the committed
 recorded once, not recomputed every run (``--force`` redoes a landscape). ``run`` searches every
 landscape with each strategy x budget x seed and reports regret = reference - held-out score of
 the merge chosen on the search split: median and worst per strategy and budget, written to
-``bench/RESULTS_efficacy.md`` with a plot of regret against items spent. Each run is cached in
-``bench/out/efficacy/runs.json`` (and its study in SQLite), so a rerun resumes.
+``bench/RESULTS_efficacy.md`` with a plot of regret against items spent. ``demo-table`` runs the
+shipped ``configs/searches/demo.yaml`` on every demo family (six seeds x one and two torch
+threads) and prints its margin over the better specialist: the table of ``bench/RESULTS_demo.md``. Each run is cached in
+``bench/efficacy/runs.json`` (committed, with the digest of the weights it searched; its study in
+SQLite under ``bench/out/``), so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ REFERENCE_SAMPLER: dict[str, Any] = {
 REFERENCE_TRIALS = 500
 REFERENCE_SEED = 0
 REFERENCE_JSON = ROOT / "bench" / "efficacy" / "reference.json"
-RUNS_JSON = L.OUT / "runs.json"
+# committed beside the references: a later session on the same CPU builds the same weights
+# (their digests match) and carries on where this one stopped
+RUNS_JSON = ROOT / "bench" / "efficacy" / "runs.json"
 STRATEGIES = ("auto", "tpe", "cmaes", "gp", "random")
 # Multi-fidelity variants: `<sampler>+mf` searches with the staged pruner (each candidate scored
 # on 25 items per task, the best third of those goes on to 100, the best third again to the
@@ -70,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("name", help="landscape name")
     reference = sub.add_parser("reference", help="record each landscape's reference score")
     run = sub.add_parser("run", help="regret of strategies x budgets x seeds")
-    for p in (build, reference, run):
+    demo = sub.add_parser(
+        "demo-table", help="the shipped demo search on each demo family (RESULTS_demo.md)"
+    )
+    for p in (build, reference, run, demo):
         p.add_argument("--only", nargs="+", metavar="NAME", help="these landscapes only")
     for p in (build, reference):
         p.add_argument("--force", action="store_true", help="redo what is built or recorded")
@@ -85,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return build_command(chosen, force=args.force)
         if args.command == "grid":
             return grid_command(L.get(args.name))
+        if args.command == "demo-table":
+            return demo_table_command(chosen)
         if args.command == "reference":
             return reference_command(chosen, force=args.force)
         return run_command(chosen, args.strategies, args.budgets, args.seeds)
@@ -140,14 +151,12 @@ def reference_command(chosen: list[L.Landscape], *, force: bool) -> int:
     for landscape in chosen:
         family = L.build(landscape)
         weights = L.weights_digest(landscape)
-        if _recorded_for(recorded, landscape.name, weights) and not force:
+        key = report.weights_key(landscape.name, weights)
+        if key in recorded and not force:
             print(
-                f"{landscape.name}: recorded ({recorded[landscape.name]['reference']:.3f}); "
-                "--force redoes it"
+                f"{landscape.name}: recorded ({recorded[key]['reference']:.3f}); --force redoes it"
             )
             continue
-        if landscape.name in recorded:
-            print(f"{landscape.name}: recorded for other weights (another CPU?); redoing it")
         db = L.OUT / "reference" / f"{landscape.name}.db"
         if force and db.exists():
             db.unlink()
@@ -169,7 +178,8 @@ def reference_command(chosen: list[L.Landscape], *, force: bool) -> int:
         specialists = {t: table[f"specialist {t}"]["mean"] for t in landscape.targets}
         best_specialist = max(specialists, key=specialists.get)
         recorded = _read_json(REFERENCE_JSON)  # another process may have recorded meanwhile
-        recorded[landscape.name] = {
+        recorded[key] = {
+            "landscape": landscape.name,
             "reference": got.heldout,
             "search": got.search,
             "method": got.method,
@@ -213,8 +223,6 @@ def run_command(
 ) -> int:
     from tqdm import tqdm
 
-    from bench.efficacy.outcome import outcome
-    from mergesearch.search.optimize.study import run_search
     from mergesearch.search.spec.schema import SAMPLERS
 
     for strategy in strategies:
@@ -229,7 +237,7 @@ def run_command(
     missing = [
         ls.name
         for ls in chosen
-        if not (L.is_built(ls) and _recorded_for(references, ls.name, L.weights_digest(ls)))
+        if not (L.is_built(ls) and report.weights_key(ls.name, L.weights_digest(ls)) in references)
     ]
     if missing:
         raise ValueError(
@@ -243,43 +251,18 @@ def run_command(
         for strategy in strategies
         for budget in ([_demo_budget()] if strategy == DEMO_STRATEGY else budgets)
         for seed in seeds
-        if run_key(landscape.name, strategy, budget, seed) not in runs
+        if run_key(landscape.name, strategy, budget, seed, L.weights_digest(landscape)) not in runs
         and (strategy != DEMO_STRATEGY or landscape.targets == L.demo_tasks.EVAL_TASKS)
     ]
     bar = tqdm(todo, unit="run", desc="runs", file=sys.stderr, dynamic_ncols=True)
     for landscape, strategy, budget, seed in bar:
         bar.set_postfix_str(f"{landscape.name} {strategy} {budget} seed {seed}")
-        db = L.OUT / "runs" / f"{landscape.name}.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
-        name = f"{strategy}-b{budget}-s{seed}"
-        if strategy == DEMO_STRATEGY:
-            spec = _demo_spec(landscape, seed=seed, storage=f"sqlite:///{db}", name=name)
-        else:
-            spec = L.spec_for(
-                landscape,
-                methods=landscape.methods,
-                sampler=strategy.removesuffix(MF_SUFFIX),
-                budget=budget,
-                seed=seed,
-                storage=f"sqlite:///{db}",
-                pruner=MF_PRUNER if strategy.endswith(MF_SUFFIX) else None,
-                name=name,
-            )
-        got = outcome(run_search(spec, progress=False))
-        runs = _read_json(RUNS_JSON)
-        runs[run_key(landscape.name, strategy, budget, seed)] = {
-            "landscape": landscape.name,
-            "strategy": strategy,
-            "budget": budget,
-            "seed": seed,
-            **got.to_dict(),
-        }
-        _write_json(RUNS_JSON, runs)
+        run_one(landscape, strategy, budget, seed)
     bar.close()
     names = {ls.name for ls in chosen}
     selected = [
         r
-        for r in _read_json(RUNS_JSON).values()
+        for r in report.current_runs(list(_read_json(RUNS_JSON).values()))
         if r["landscape"] in names
         and r["strategy"] in strategies
         and (r["budget"] in budgets or r["strategy"] == DEMO_STRATEGY)
@@ -288,6 +271,47 @@ def run_command(
     print(report.render_regret(report.regret_rows(selected, references)))
     report.write_results(REFERENCE_JSON, RUNS_JSON, runs=selected)
     return 0
+
+
+def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> dict[str, Any]:
+    """One search of the matrix, from the cache when it ran before (recorded when it ends)."""
+    from bench.efficacy.outcome import outcome
+    from mergesearch.search.optimize.study import run_search
+
+    weights = L.weights_digest(landscape)
+    key = run_key(landscape.name, strategy, budget, seed, weights)
+    cached = _read_json(RUNS_JSON).get(key)
+    if cached is not None:
+        return cached
+    db = L.OUT / "runs" / f"{landscape.name}.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    name = f"{strategy}-b{budget}-s{seed}"
+    if strategy == DEMO_STRATEGY:
+        spec = _demo_spec(landscape, seed=seed, storage=f"sqlite:///{db}", name=name)
+    else:
+        spec = L.spec_for(
+            landscape,
+            methods=landscape.methods,
+            sampler=strategy.removesuffix(MF_SUFFIX),
+            budget=budget,
+            seed=seed,
+            storage=f"sqlite:///{db}",
+            pruner=MF_PRUNER if strategy.endswith(MF_SUFFIX) else None,
+            name=name,
+        )
+    got = outcome(run_search(spec, progress=False))
+    record = {
+        "landscape": landscape.name,
+        "strategy": strategy,
+        "budget": budget,
+        "seed": seed,
+        "weights": weights,
+        **got.to_dict(),
+    }
+    runs = _read_json(RUNS_JSON)  # another process may have recorded meanwhile
+    runs[key] = record
+    _write_json(RUNS_JSON, runs)
+    return record
 
 
 def _demo_budget() -> int:
@@ -311,29 +335,52 @@ def _demo_spec(landscape: L.Landscape, *, seed: int, storage: str, name: str) ->
     return spec
 
 
-def run_key(landscape: str, strategy: str, budget: int, seed: int) -> str:
-    return f"{landscape}|{strategy}|{budget}|{seed}"
+def run_key(landscape: str, strategy: str, budget: int, seed: int, weights: str) -> str:
+    """Runs on the weights another CPU trained are kept beside these, under their own key."""
+    return f"{report.weights_key(landscape, weights)}|{strategy}|{budget}|{seed}"
+
+
+# --------------------------------------------------------------------------- demo table
+
+
+def demo_table_command(chosen: list[L.Landscape]) -> int:
+    """``configs/searches/demo.yaml`` as shipped (search seed 0) on each demo family: does its
+    best merge beat the better specialist by +0.10 held out, whatever CPU trained the family?"""
+    families = [ls for ls in chosen if ls.targets == L.demo_tasks.EVAL_TASKS]
+    rows = []
+    for landscape in families:
+        family = L.build(landscape)
+        record = run_one(landscape, DEMO_STRATEGY, _demo_budget(), 0)
+        rows.append(report.demo_row(landscape, family.table, record))
+        print(report.render_demo_table(rows[-1:], header=len(rows) == 1), flush=True)
+    print()
+    print(report.render_demo_table(rows))
+    print(report.demo_verdict(rows))
+    return 0
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _recorded_for(recorded: dict[str, Any], name: str, weights: str) -> bool:
-    """Whether ``name``'s reference was recorded on these very weights."""
-    return recorded.get(name, {}).get("family", {}).get("weights") == weights
-
-
 def _cpu_name() -> str:
-    """The CPU model (families, and so references, depend on it)."""
+    """The CPU that trained the families, as precisely as the kernels care: a virtual machine
+    may call two CPU generations "AMD EPYC", and their matrix kernels (AVX2 or AVX-512) sum in
+    other orders, so family, model and vector extension are part of the name."""
     import platform
 
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in info.splitlines())
+    )
+    flags = set(fields.get("flags", "").split())
+    vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "no AVX")
+    return (
+        f"{fields.get('model name', platform.machine())} "
+        f"(family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {vector})"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

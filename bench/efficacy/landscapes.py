@@ -97,7 +97,7 @@ def _demo(seed: int, threads: int = 1) -> Landscape:
 
 LANDSCAPES: tuple[Landscape, ...] = (
     *(_demo(seed) for seed in range(6)),
-    *(_demo(seed, threads=2) for seed in range(3)),
+    *(_demo(seed, threads=2) for seed in range(6)),
     Landscape("sort-double-s0", 0, ("sort", "double"), note="merges collapse"),
     Landscape("shift-copy-s0", 0, ("shift", "copy"), note="linear blends best"),
     Landscape("swap-rev-s0", 0, ("swap", "rev")),

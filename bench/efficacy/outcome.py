@@ -34,6 +34,10 @@ class Outcome:
     items_estimated: int  # one full search split per evaluated trial
     baselines: dict[str, float | None] = field(default_factory=dict)  # held-out of each
     seconds: float = 0.0
+    # held-out gain of the chosen merge over the best single source, its paired standard error
+    best_source: str | None = None
+    gain: float | None = None
+    gain_stderr: float | None = None
 
     @property
     def items_spent(self) -> int:
@@ -52,6 +56,8 @@ def outcome(result: SearchResult) -> Outcome:
     per_trial = demo_tasks.SPLIT_SIZE * len(result.spec.objectives)
     best = summary.best[0] if summary.best else None
     chosen = next((t for t in trials if best and t.number == best.number), None)
+    source = summary.best_source()
+    gain = summary.gain(best, source) if best and source else None
     return Outcome(
         heldout=best.heldout_score if best else None,
         search=best.score if best else None,
@@ -68,4 +74,7 @@ def outcome(result: SearchResult) -> Outcome:
             if not r.label.startswith(("best", "pareto"))
         },
         seconds=round(result.seconds, 1),
+        best_source=source.label if source else None,
+        gain=gain.value if gain else None,
+        gain_stderr=gain.stderr if gain else None,
     )

@@ -27,7 +27,8 @@ Written by `bench/search_efficacy.py` (see its docstring); numbers are mean gree
 over a landscape's target tasks, **held-out** split (200 items per task), unless marked search.
 Landscapes are demo families built on this machine (`bench/efficacy/landscapes.py`); a family is
 deterministic for a seed, thread count and CPU, so another machine builds other landscapes and
-needs its own references.
+needs its own references. References and runs are kept by the digest of the weights they were
+recorded on, and each CPU's records form their own section below: they are never pooled.
 
 Commands:
 
@@ -69,39 +70,62 @@ def landscape_rows(chosen: list[L.Landscape]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_landscapes(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| landscape | targets | seed | threads | base | specialists | best specialist | "
-        "50/50 average | build s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        specs = " / ".join(f"{v:.3f}" for v in r["specialists"].values())
-        lines.append(
-            f"| {r['name']} | {r['targets']} | {r['seed']} | {r['threads']} | {r['base']:.3f} | "
-            f"{specs} | {r['best_specialist']:.3f} | {r['average']:.3f} | "
-            f"{r['build_seconds']:.0f} |"
-        )
+def markdown_table(header: list[str], rows: list[list[str]], *, with_header: bool = True) -> str:
+    """A GitHub table: the one layout every section of the results file uses."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] if with_header else []
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _fractions(values: Any) -> str:
+    return " / ".join(f"{v:.3f}" for v in values)
+
+
+def render_landscapes(rows: list[dict[str, Any]]) -> str:
+    header = ["landscape", "targets", "seed", "threads", "base", "specialists"]
+    header += ["best specialist", "50/50 average", "build s"]
+    return markdown_table(
+        header,
+        [
+            [
+                r["name"],
+                r["targets"],
+                str(r["seed"]),
+                str(r["threads"]),
+                f"{r['base']:.3f}",
+                _fractions(r["specialists"].values()),
+                f"{r['best_specialist']:.3f}",
+                f"{r['average']:.3f}",
+                f"{r['build_seconds']:.0f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- references
 
 
 def render_references(references: dict[str, Any]) -> str:
-    lines = [
-        "| landscape | reference | method | search | vs best specialist | vs 50/50 average | "
-        "trials | s | CPU |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, ref in references.items():
-        best = ref["best_specialist"]["heldout"]
-        lines.append(
-            f"| {name} | **{ref['reference']:.3f}** | {ref['method']} | {ref['search']:.3f} | "
-            f"{ref['reference'] - best:+.3f} | {ref['reference'] - ref['average_heldout']:+.3f} | "
-            f"{ref['trials']} | {ref['seconds']:.0f} | {ref['family'].get('cpu', '?')} |"
-        )
-    return "\n".join(lines)
+    header = ["landscape", "reference", "method", "search", "vs best specialist"]
+    header += ["vs 50/50 average", "trials", "s", "CPU"]
+    return markdown_table(
+        header,
+        [
+            [
+                ref["landscape"],
+                f"**{ref['reference']:.3f}**",
+                ref["method"],
+                f"{ref['search']:.3f}",
+                f"{ref['reference'] - ref['best_specialist']['heldout']:+.3f}",
+                f"{ref['reference'] - ref['average_heldout']:+.3f}",
+                str(ref["trials"]),
+                f"{ref['seconds']:.0f}",
+                ref["family"].get("cpu", "?"),
+            ]
+            for ref in references.values()
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- regret
@@ -109,10 +133,11 @@ def render_references(references: dict[str, Any]) -> str:
 
 def regret_rows(runs: list[dict[str, Any]], references: dict[str, Any]) -> list[dict[str, Any]]:
     """Per strategy and budget: regret over landscapes x seeds (median, worst, mean) and
-    items spent. A run that chose no merge counts as regret = the reference."""
+    items spent. A run that chose no merge counts as regret = the reference. ``references``
+    are keyed by :func:`weights_key`: a run is judged against the reference of its weights."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        if run["landscape"] in references:
+        if _run_reference(run, references) is not None:
             groups[(run["strategy"], run["budget"])].append(run)
     rows = []
     for (strategy, budget), group in sorted(groups.items()):
@@ -133,8 +158,12 @@ def regret_rows(runs: list[dict[str, Any]], references: dict[str, Any]) -> list[
     return rows
 
 
+def _run_reference(run: dict[str, Any], references: dict[str, Any]) -> dict[str, Any] | None:
+    return references.get(weights_key(run["landscape"], run.get("weights", "")))
+
+
 def regret(run: dict[str, Any], references: dict[str, Any]) -> float:
-    reference = references[run["landscape"]]["reference"]
+    reference = references[weights_key(run["landscape"], run["weights"])]["reference"]
     return reference - (run["heldout"] if run["heldout"] is not None else 0.0)
 
 
@@ -143,18 +172,23 @@ def _items(run: dict[str, Any]) -> int:
 
 
 def render_regret(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| strategy | budget (trials) | runs | median regret | worst regret | mean regret | "
-        "median items |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        items = f"{r['items']:.0f}" + (" (est.)" if r["items_estimated"] else "")
-        lines.append(
-            f"| {r['strategy']} | {r['budget']} | {r['runs']} | {r['median']:+.3f} | "
-            f"{r['worst']:+.3f} | {r['mean']:+.3f} | {items} |"
-        )
-    return "\n".join(lines)
+    header = ["strategy", "budget (trials)", "runs", "median regret", "worst regret"]
+    header += ["mean regret", "median items"]
+    return markdown_table(
+        header,
+        [
+            [
+                r["strategy"],
+                str(r["budget"]),
+                str(r["runs"]),
+                f"{r['median']:+.3f}",
+                f"{r['worst']:+.3f}",
+                f"{r['mean']:+.3f}",
+                f"{r['items']:.0f}" + (" (est.)" if r["items_estimated"] else ""),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def plot_regret(runs: list[dict[str, Any]], references: dict[str, Any], path: Path) -> None:
@@ -168,7 +202,7 @@ def plot_regret(runs: list[dict[str, Any]], references: dict[str, Any], path: Pa
     fig, ax = plt.subplots(figsize=(8, 5))
     by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        if run["landscape"] in references:
+        if _run_reference(run, references) is not None:
             by_strategy[run["strategy"]].append(run)
     for i, (strategy, group) in enumerate(sorted(by_strategy.items())):
         color = f"C{i}"
@@ -204,6 +238,70 @@ def plot_regret(runs: list[dict[str, Any]], references: dict[str, Any], path: Pa
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- demo table
+
+DEMO_MARGIN = 0.10  # what the demo promises over the better specialist, held out
+DEMO_FLOOR = 0.05  # what it must gain on every family
+
+
+def demo_row(landscape: L.Landscape, table: list[dict[str, Any]], run: dict[str, Any]) -> dict:
+    """One family's row: its sources (the build's held-out table) and the demo search's pick."""
+    by_model = {row["model"]: row["mean"] for row in table}
+    specialists = {t: by_model[f"specialist {t}"] for t in landscape.targets}
+    better = max(specialists.values())
+    margin = run["heldout"] - better if run["heldout"] is not None else None
+    return {
+        "name": landscape.name,
+        "seed": landscape.seed,
+        "threads": landscape.threads,
+        "base": by_model["base"],
+        "specialists": specialists,
+        "average": next(v for k, v in by_model.items() if k.endswith("average")),
+        "heldout": run["heldout"],
+        "method": run["method"],
+        "margin": margin,
+        "stderr": run.get("gain_stderr"),
+        "seconds": run["seconds"],
+    }
+
+
+def render_demo_table(rows: list[dict[str, Any]], *, header: bool = True) -> str:
+    columns = ["family", "seed", "threads", "base", "specialist rev / up", "50/50 average"]
+    columns += ["demo search best (method)", "vs better specialist (± 1 s.e.)", ">= +0.10"]
+    columns += ["search s"]
+    return markdown_table(columns, [_demo_cells(r) for r in rows], with_header=header)
+
+
+def _demo_cells(r: dict[str, Any]) -> list[str]:
+    margin = "-" if r["margin"] is None else f"{r['margin']:+.3f}"
+    if r["stderr"] is not None:
+        margin += f" ± {r['stderr']:.3f}"
+    ok = r["margin"] is not None and r["margin"] >= DEMO_MARGIN
+    return [
+        r["name"],
+        str(r["seed"]),
+        str(r["threads"]),
+        f"{r['base']:.3f}",
+        _fractions(r["specialists"].values()),
+        f"{r['average']:.3f}",
+        "-" if r["heldout"] is None else f"{r['heldout']:.3f} ({r['method']})",
+        margin,
+        "yes" if ok else "**no**",
+        f"{r['seconds']:.0f}",
+    ]
+
+
+def demo_verdict(rows: list[dict[str, Any]]) -> str:
+    margins = [r["margin"] if r["margin"] is not None else -1.0 for r in rows]
+    above = sum(m >= DEMO_MARGIN for m in margins)
+    floor = sum(m >= DEMO_FLOOR for m in margins)
+    return (
+        f"best merge >= +{DEMO_MARGIN:.2f} over the better specialist on {above} of {len(rows)} "
+        f"families, >= +{DEMO_FLOOR:.2f} on {floor} of {len(rows)}; smallest margin "
+        f"{min(margins):+.3f}, median {statistics.median(margins):+.3f}"
+    )
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -212,55 +310,76 @@ def write_results(
 ) -> None:
     """Rewrite ``bench/RESULTS_efficacy.md`` from what is recorded; keep the hand-written notes.
 
-    ``runs`` restricts the regret section (default: every cached run)."""
-    references = current_references(_read(reference_json))
+    Records of every CPU are reported, each CPU in its own section: a family trained on one CPU
+    is another landscape than the same recipe trained on another, so their regrets are never
+    pooled. ``runs`` restricts the regret sections (default: every recorded run). The plot shows
+    the CPU with the most runs."""
+    references = _read(reference_json)
     if runs is None:
         runs = list(_read(runs_json).values())
     parts = [INTRO]
-    rows = landscape_rows(list(L.LANDSCAPES))
+    rows = landscape_rows([ls for ls in L.LANDSCAPES if L.is_built(ls)])
     if rows:
-        parts += ["## Landscapes", "", render_landscapes(rows), ""]
-    if references:
+        parts += ["## Landscapes built here", "", render_landscapes(rows), ""]
+    by_cpu = _by_cpu(references)
+    plotted = max(by_cpu, key=lambda cpu: len(runs_with_reference(runs, by_cpu[cpu])), default=None)
+    for cpu, refs in by_cpu.items():
+        cpu_runs = runs_with_reference(runs, refs)
         parts += [
-            "## Reference scores",
+            f"## {cpu}",
+            "",
+            "### Reference scores",
             "",
             "Per landscape one long search (bench/search_efficacy.py `REFERENCE_SAMPLER`, "
             "all the suite's methods); reference = held-out score of the merge it chose on the "
-            "search split. Recorded in `bench/efficacy/reference.json`.",
+            "search split. Recorded in `bench/efficacy/reference.json`, keyed by the digest of "
+            "the weights they were recorded on.",
             "",
-            render_references(references),
-            "",
-        ]
-    if runs and references:
-        plot_regret(runs, references, PLOT)
-        parts += [
-            "## Regret",
-            "",
-            "regret = reference - held-out score of the merge chosen on the search split; "
-            "budgets count every trial, baselines included.",
-            "",
-            render_regret(regret_rows(runs, references)),
-            "",
-            f"![regret against items spent]({PLOT.name})",
+            render_references(refs),
             "",
         ]
+        if cpu_runs:
+            parts += [
+                "### Regret",
+                "",
+                "regret = reference - held-out score of the merge chosen on the search split; "
+                "budgets count every trial, baselines included.",
+                "",
+                render_regret(regret_rows(cpu_runs, refs)),
+                "",
+            ]
+            if cpu == plotted:
+                plot_regret(cpu_runs, refs, PLOT)
+                parts += [f"![regret against items spent on {cpu}]({PLOT.name})", ""]
     notes = ""
     if RESULTS.is_file() and NOTES_MARK in RESULTS.read_text():
         notes = RESULTS.read_text().split(NOTES_MARK, 1)[1]
     RESULTS.write_text("\n".join(parts) + "\n" + NOTES_MARK + (notes or "\n"))
 
 
-def current_references(references: dict[str, Any]) -> dict[str, Any]:
-    """The references recorded on the weights built here (another CPU trains other families,
-    and their references say nothing of these)."""
-    by_name = {landscape.name: landscape for landscape in L.LANDSCAPES}
-    return {
-        name: ref
-        for name, ref in references.items()
-        if name in by_name
-        and L.is_built(by_name[name])
-        and ref.get("family", {}).get("weights") == L.weights_digest(by_name[name])
-    }
+def _by_cpu(references: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """CPU name -> its references (by weights key), CPUs and landscapes in sorted order."""
+    groups: dict[str, dict[str, Any]] = defaultdict(dict)
+    for key, ref in sorted(references.items()):
+        groups[ref["family"].get("cpu", "unknown CPU")][key] = ref
+    return dict(sorted(groups.items()))
+
+
+def runs_with_reference(runs: list[dict[str, Any]], references: dict[str, Any]) -> list[dict]:
+    """The runs that have a reference among ``references`` (made on the same weights)."""
+    return [run for run in runs if _run_reference(run, references) is not None]
+
+
+def weights_key(name: str, weights: str) -> str:
+    """Key of a landscape's records in the JSON files: its name and the digest of the weights
+    they were recorded on (another CPU trains other weights, whose records stay beside these)."""
+    return f"{name}@{weights}"
+
+
+def current_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs made on the weights built here."""
+    digests = {ls.name: L.weights_digest(ls) for ls in L.LANDSCAPES if L.is_built(ls)}
+    return [run for run in runs if run.get("weights") == digests.get(run["landscape"])]
 
 
 def _read(path: Path) -> dict[str, Any]:
