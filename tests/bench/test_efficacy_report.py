@@ -1,0 +1,74 @@
+"""The efficacy report judges each run against the reference of the weights it searched.
+
+Another CPU trains other weights from the same recipe and seed: its references and runs are kept
+beside this machine's under their own weights key, and a run must never be scored against the
+reference of another family that happens to share its landscape name.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.efficacy import report as R
+
+
+def _reference(name: str, weights: str, cpu: str, score: float) -> dict:
+    return {
+        "landscape": name,
+        "reference": score,
+        "method": "ties",
+        "search": score,
+        "best_specialist": {"name": "up", "heldout": 0.5},
+        "average_heldout": 0.6,
+        "trials": 504,
+        "seconds": 1.0,
+        "family": {"weights": weights, "cpu": cpu},
+    }
+
+
+def _run(name: str, weights: str, heldout: float | None, strategy: str = "auto") -> dict:
+    return {
+        "landscape": name,
+        "weights": weights,
+        "strategy": strategy,
+        "budget": 60,
+        "seed": 0,
+        "heldout": heldout,
+        "items": 24000,
+    }
+
+
+REFERENCES = {
+    R.weights_key("demo-s0", "aaaa"): _reference("demo-s0", "aaaa", "CPU one", 0.80),
+    R.weights_key("demo-s0", "bbbb"): _reference("demo-s0", "bbbb", "CPU two", 0.70),
+}
+
+
+def test_a_run_is_judged_against_the_reference_of_its_own_weights():
+    runs = [_run("demo-s0", "aaaa", 0.75), _run("demo-s0", "bbbb", 0.75)]
+    assert [R.regret(run, REFERENCES) for run in runs] == pytest.approx([0.05, -0.05])
+
+
+def test_each_cpu_reports_only_its_runs():
+    by_cpu = R._by_cpu(REFERENCES)
+    assert list(by_cpu) == ["CPU one", "CPU two"]
+    runs = [
+        _run("demo-s0", "aaaa", 0.75),
+        _run("demo-s0", "bbbb", 0.60),
+        _run("demo-s0", "cccc", 0),
+    ]
+    one = R.runs_with_reference(runs, by_cpu["CPU one"])
+    assert [run["weights"] for run in one] == ["aaaa"]
+    (row,) = R.regret_rows(R.runs_with_reference(runs, by_cpu["CPU two"]), by_cpu["CPU two"])
+    assert row["runs"] == 1 and row["median"] == pytest.approx(0.10)
+
+
+def test_a_run_that_chose_nothing_regrets_the_whole_reference():
+    rows = R.regret_rows([_run("demo-s0", "aaaa", None), _run("demo-s0", "aaaa", 0.80)], REFERENCES)
+    assert rows[0]["worst"] == pytest.approx(0.80) and rows[0]["median"] == pytest.approx(0.40)
+
+
+def test_markdown_table_has_one_separator_cell_per_column():
+    text = R.markdown_table(["a", "b"], [["1", "2"], ["3", "4"]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
+    assert R.markdown_table(["a"], [["1"]], with_header=False) == "| 1 |"
