@@ -225,10 +225,12 @@ def run_command(
 
     from mergesearch.search.spec.schema import SAMPLERS
 
+    samplers = (*SAMPLERS, "auto")  # auto: the default strategy, resolved per spec
+
     for strategy in strategies:
-        if strategy != DEMO_STRATEGY and strategy.removesuffix(MF_SUFFIX) not in SAMPLERS:
+        if strategy != DEMO_STRATEGY and strategy.removesuffix(MF_SUFFIX) not in samplers:
             raise ValueError(
-                f"strategy {strategy!r}: choose from {', '.join(SAMPLERS)} "
+                f"strategy {strategy!r}: choose from {', '.join(samplers)} "
                 f"(each also as <name>{MF_SUFFIX})"
             )
     if any(b < 1 for b in budgets):
