@@ -223,9 +223,10 @@ def run_command(
 ) -> int:
     from tqdm import tqdm
 
+    from mergesearch.search.optimize.registry import AUTO
     from mergesearch.search.spec.schema import SAMPLERS
 
-    samplers = (*SAMPLERS, "auto")  # auto: the default strategy, resolved per spec
+    samplers = (*SAMPLERS, AUTO)  # auto: the default strategy, resolved per spec
 
     for strategy in strategies:
         if strategy != DEMO_STRATEGY and strategy.removesuffix(MF_SUFFIX) not in samplers:
@@ -236,10 +237,11 @@ def run_command(
     if any(b < 1 for b in budgets):
         raise ValueError(f"budgets must be >= 1 trial, got {budgets}")
     references = _read_json(REFERENCE_JSON)
+    digests = {ls.name: L.weights_digest(ls) for ls in chosen if L.is_built(ls)}  # hashed once
     missing = [
         ls.name
         for ls in chosen
-        if not (L.is_built(ls) and report.weights_key(ls.name, L.weights_digest(ls)) in references)
+        if report.weights_key(ls.name, digests.get(ls.name, "")) not in references
     ]
     if missing:
         raise ValueError(
@@ -253,7 +255,7 @@ def run_command(
         for strategy in strategies
         for budget in ([_demo_budget()] if strategy == DEMO_STRATEGY else budgets)
         for seed in seeds
-        if run_key(landscape.name, strategy, budget, seed, L.weights_digest(landscape)) not in runs
+        if run_key(landscape.name, strategy, budget, seed, digests[landscape.name]) not in runs
         and (strategy != DEMO_STRATEGY or landscape.targets == L.demo_tasks.EVAL_TASKS)
     ]
     bar = tqdm(todo, unit="run", desc="runs", file=sys.stderr, dynamic_ncols=True)
@@ -261,11 +263,10 @@ def run_command(
         bar.set_postfix_str(f"{landscape.name} {strategy} {budget} seed {seed}")
         run_one(landscape, strategy, budget, seed)
     bar.close()
-    names = {ls.name for ls in chosen}
     selected = [
         r
-        for r in report.current_runs(list(_read_json(RUNS_JSON).values()))
-        if r["landscape"] in names
+        for r in _read_json(RUNS_JSON).values()
+        if r.get("weights") == digests.get(r["landscape"])
         and r["strategy"] in strategies
         and (r["budget"] in budgets or r["strategy"] == DEMO_STRATEGY)
         and r["seed"] in seeds

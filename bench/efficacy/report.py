@@ -77,8 +77,10 @@ def markdown_table(header: list[str], rows: list[list[str]], *, with_header: boo
     return "\n".join(lines)
 
 
-def _fractions(values: Any) -> str:
-    return " / ".join(f"{v:.3f}" for v in values)
+def _family_cells(r: dict[str, Any]) -> list[str]:
+    """Seed, threads, base and specialists: the columns every table of families shares."""
+    specialists = " / ".join(f"{v:.3f}" for v in r["specialists"].values())
+    return [str(r["seed"]), str(r["threads"]), f"{r['base']:.3f}", specialists]
 
 
 def render_landscapes(rows: list[dict[str, Any]]) -> str:
@@ -90,10 +92,7 @@ def render_landscapes(rows: list[dict[str, Any]]) -> str:
             [
                 r["name"],
                 r["targets"],
-                str(r["seed"]),
-                str(r["threads"]),
-                f"{r['base']:.3f}",
-                _fractions(r["specialists"].values()),
+                *_family_cells(r),
                 f"{r['best_specialist']:.3f}",
                 f"{r['average']:.3f}",
                 f"{r['build_seconds']:.0f}",
@@ -279,10 +278,7 @@ def _demo_cells(r: dict[str, Any]) -> list[str]:
     ok = r["margin"] is not None and r["margin"] >= DEMO_MARGIN
     return [
         r["name"],
-        str(r["seed"]),
-        str(r["threads"]),
-        f"{r['base']:.3f}",
-        _fractions(r["specialists"].values()),
+        *_family_cells(r),
         f"{r['average']:.3f}",
         "-" if r["heldout"] is None else f"{r['heldout']:.3f} ({r['method']})",
         margin,
@@ -374,12 +370,6 @@ def weights_key(name: str, weights: str) -> str:
     """Key of a landscape's records in the JSON files: its name and the digest of the weights
     they were recorded on (another CPU trains other weights, whose records stay beside these)."""
     return f"{name}@{weights}"
-
-
-def current_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs made on the weights built here."""
-    digests = {ls.name: L.weights_digest(ls) for ls in L.LANDSCAPES if L.is_built(ls)}
-    return [run for run in runs if run.get("weights") == digests.get(run["landscape"])]
 
 
 def _read(path: Path) -> dict[str, Any]:
