@@ -26,6 +26,7 @@ SQLite under ``bench/out/``), so a rerun resumes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -283,12 +284,13 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
 
     weights = L.weights_digest(landscape)
     key = run_key(landscape.name, strategy, budget, seed, weights)
+    recipe = _demo_recipe() if strategy == DEMO_STRATEGY else None
     cached = _read_json(RUNS_JSON).get(key)
-    if cached is not None:
+    if cached is not None and cached.get("recipe") == recipe:
         return cached
     db = L.OUT / "runs" / f"{landscape.name}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
-    name = f"{strategy}-b{budget}-s{seed}"
+    name = f"{strategy}-b{budget}-s{seed}" + (f"-{recipe}" if recipe else "")
     if strategy == DEMO_STRATEGY:
         spec = _demo_spec(landscape, seed=seed, storage=f"sqlite:///{db}", name=name)
     else:
@@ -309,6 +311,7 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
         "budget": budget,
         "seed": seed,
         "weights": weights,
+        **({"recipe": recipe} if recipe else {}),
         **got.to_dict(),
     }
     runs = _read_json(RUNS_JSON)  # another process may have recorded meanwhile
@@ -317,16 +320,28 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
     return record
 
 
-def _demo_budget() -> int:
+def _shipped_demo_spec() -> dict[str, Any]:
     import yaml
 
     from mergesearch.search.cli.demo import DEMO_SPEC
 
-    return int(yaml.safe_load(DEMO_SPEC.read_text())["budget"]["trials"])
+    return yaml.safe_load(DEMO_SPEC.read_text())
+
+
+def _demo_budget() -> int:
+    return int(_shipped_demo_spec()["budget"]["trials"])
+
+
+def _demo_recipe() -> str:
+    """Digest of the shipped demo spec minus what a landscape replaces: a demo run recorded
+    under an older recipe is run again, not reported as this one's."""
+    recipe = {k: v for k, v in _shipped_demo_spec().items() if k not in ("name", "sources")}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _demo_spec(landscape: L.Landscape, *, seed: int, storage: str, name: str) -> dict[str, Any]:
-    """The shipped demo spec on this landscape's family, with only the search seed changed."""
+    """The shipped demo spec on this landscape's family, with only the search seed changed
+    (its threads too: they are part of the recipe)."""
     from mergesearch.search.cli.demo import demo_spec
     from mergesearch.search.demo.family import load_demo_family
 
@@ -334,7 +349,7 @@ def _demo_spec(landscape: L.Landscape, *, seed: int, storage: str, name: str) ->
     if family is None:
         raise FileNotFoundError(f"landscape {landscape.name!r} is not built; run build first")
     spec = demo_spec(family, landscape.seed)
-    spec.update(name=name, storage=storage, seed=seed, threads=L.SEARCH_THREADS)
+    spec.update(name=name, storage=storage, seed=seed)
     return spec
 
 

@@ -22,6 +22,9 @@ from mergesearch.search.optimize.registry import SAMPLER_NAMES
 
 DEMO_SPEC = SEARCHES_DIR / "demo.yaml"
 MARGIN = 0.10  # what the best merge must gain over the best specialist, held out
+# A family's bits depend on the thread count that trained it (summation order); the shipped
+# families were trained on one thread. The search's threads come from the spec.
+BUILD_THREADS = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="override the demo spec's sampler")
     parser.add_argument("--storage", help="study storage URL (default: results/<study>/study.db)")
     parser.add_argument(
-        "--threads", type=int, default=1, metavar="N", help="CPU threads to use (default: 1)"
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads to use (default: the spec's, 2, to search; 1 to train a family)",
     )
     parser.add_argument(
         "--device", help="where the live model lives and is evaluated: cpu, cuda, cuda:N or auto"
@@ -56,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder holding seed<k>/ (default: $MERGESEARCH_DEMO_DIR or ./results/demo-models)",
     )
     build_parser.add_argument(
-        "--threads", type=int, default=1, metavar="N", help="CPU threads to use (default: 1)"
+        "--threads",
+        type=int,
+        default=BUILD_THREADS,
+        metavar="N",
+        help=f"CPU threads to use (default: {BUILD_THREADS}; a family's bits depend on it)",
     )
     build_parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     build_parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -100,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"building the demo family in {root} (a few minutes on one core) ...", flush=True)
         # the search scores the sources itself (baselines): skip the family's own table
         family = build_demo_family(
-            seed=args.seed, threads=args.threads, evaluate=False, progress=not args.no_progress
+            seed=args.seed,
+            threads=args.threads or BUILD_THREADS,
+            evaluate=False,
+            progress=not args.no_progress,
         )
         how = "cached" if family.cached else f"built in {time.perf_counter() - started:.0f} s"
     print(f"demo family seed {args.seed} at {family.root} ({how})")
