@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ[_name] = "1"
-
-from mergesearch.search.demo.family import (  # noqa: E402  (after the offline variables)
+from mergesearch.search.demo.family import (
     DEMO_DIR_ENV,
     DemoRecipe,
     build_demo_family,

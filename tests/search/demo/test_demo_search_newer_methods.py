@@ -7,19 +7,14 @@ on a few items: a handful of trials, every one merged and evaluated.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ[_name] = "1"
-
-from mergesearch.search.cli.demo import demo_spec  # noqa: E402  (after the offline variables)
-from mergesearch.search.demo.family import build_demo_family  # noqa: E402
-from mergesearch.search.optimize.study import run_search  # noqa: E402
-from tests.search.demo.test_demo_models import TINY  # noqa: E402
+from mergesearch.search.cli.demo import demo_spec
+from mergesearch.search.demo.family import build_demo_family
+from mergesearch.search.optimize.study import run_search
+from tests.search.demo.test_demo_models import TINY
 
 METHODS = ["ties", "sce", "multislerp"]
 

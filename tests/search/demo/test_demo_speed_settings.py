@@ -9,19 +9,14 @@ split, under both settings.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import yaml
 
-for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ[_name] = "1"
-
-from mergesearch import evaluators, merging  # noqa: E402
-from mergesearch.search.cli.demo import DEMO_SPEC  # noqa: E402
-from mergesearch.search.demo import tasks as demo_tasks  # noqa: E402
-from mergesearch.search.demo.family import shipped_family  # noqa: E402
-from mergesearch.search.demo.table import (  # noqa: E402
+from mergesearch import evaluators, merging
+from mergesearch.search.cli.demo import DEMO_SPEC
+from mergesearch.search.demo import tasks as demo_tasks
+from mergesearch.search.demo.family import shipped_family
+from mergesearch.search.demo.table import (
     HAND_PICKED,
     METRIC,
     task_folder,

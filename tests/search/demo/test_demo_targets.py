@@ -4,15 +4,11 @@ task files, and its specialists learn their tasks (a small recipe that still lea
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ[_name] = "1"
-
-from mergesearch.search.demo import tasks as demo_tasks  # noqa: E402
-from mergesearch.search.demo.family import DemoRecipe, build_demo_family  # noqa: E402
+from mergesearch.search.demo import tasks as demo_tasks
+from mergesearch.search.demo.family import DemoRecipe, build_demo_family
 
 TARGETS = ("up", "copy")
 SMALL = DemoRecipe(
