@@ -47,11 +47,6 @@ def base_and_other(
     return base.detach().reshape(-1), inputs[0].detach().reshape(-1)
 
 
-def zero_low_bits(dtype: torch.dtype) -> int:
-    """How many low bits of a float32 upcast of ``dtype`` are always zero (0: any float32)."""
-    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
-
-
 def check_density(density: float) -> None:
     if density < 0:
         raise ConfigError(f"density must be >= 0 (1 keeps everything), got {density}")

@@ -84,54 +84,65 @@ def float32_above(value: float) -> float:
     return float(torch.nextafter(here, torch.tensor(math.inf, dtype=torch.float32)))
 
 
-def select_top_k(source: ScoreSource, n: int, k: int, *, zero_low_bits: int = 0) -> TopK:
+@dataclass(frozen=True)
+class Bits16:
+    """Scores that are non-negative 16-bit floats, given as their bit patterns (``int16``) per
+    flat index; ``dtype`` says which float they are (bfloat16 or float16)."""
+
+    source: Callable[[slice], torch.Tensor]
+    dtype: torch.dtype
+
+
+def select_top_k(source: ScoreSource, n: int, k: int, *, bits16: Bits16 | None = None) -> TopK:
     """The exact ``k`` largest of ``n`` scores (equal values lowest index first) as a rule.
 
-    ``zero_low_bits``: every score is a float32 whose lowest bits are zero (an upcast 16-bit
-    float: 16 for bfloat16, 13 for float16), which allows one counting pass (``histogram_kth``).
+    ``bits16``: the same scores as 16-bit bit patterns, which allows one counting pass
+    (``histogram_kth``) and a tie search on the patterns, without a float32 copy of any block.
     """
     if k >= n:
         return TopK(-math.inf, n)
     if k <= 0:
         return TopK(math.inf, 0)
-    found = histogram_kth(source, n, k, zero_low_bits) if zero_low_bits >= 13 else None
-    value, above, equal = found or kth_largest(source, n, k)
+    found = histogram_kth(bits16, n, k) if bits16 is not None else None
+    if found is not None and bits16 is not None:
+        value, above, equal, pattern = found
+        scan, target = bits16.source, pattern  # find the ties on the bit patterns
+    else:
+        value, above, equal = kth_largest(source, n, k)
+        scan, target = source, value
     ties = k - above  # how many entries equal to value are in the top k (>= 1)
     if ties >= equal:
         return TopK(value, n)
     seen = 0
     for sl in blocks(n):
-        where = torch.nonzero(source(sl) == value).squeeze(1)
+        where = torch.nonzero(scan(sl) == target).squeeze(1)
         if seen + where.numel() >= ties:
             return TopK(value, sl.start + int(where[ties - seen - 1]) + 1)
         seen += where.numel()
     raise AssertionError("unreachable: fewer equal scores than counted")
 
 
-def histogram_kth(
-    source: ScoreSource, n: int, k: int, zero_low_bits: int
-) -> tuple[float, int, int] | None:
-    """``kth_largest`` for scores that take few distinct values: one pass of counts.
+def histogram_kth(bits16: Bits16, n: int, k: int) -> tuple[float, int, int, int] | None:
+    """``kth_largest`` for 16-bit scores, from one pass of counts: the k-th value, the counts
+    above and equal to it, and its bit pattern.
 
-    A non-negative float32 orders like its bits read as an integer, and scores whose lowest
-    ``zero_low_bits`` bits are zero (upcast 16-bit floats) take at most ``2 ** (31 -
-    zero_low_bits)`` values. Counting each bit pattern gives the exact answer from one pass
-    of a ``bincount`` per block, with no sample and no band; ties are counted, not searched.
-    None when the answer is NaN (the general path decides those).
+    A non-negative float orders like its bits read as an integer, and a 16-bit float has at
+    most ``2 ** 15`` non-negative patterns. Counting each pattern gives the exact answer from
+    one ``bincount`` per block, with no sample, no band and no upcast; ties are counted, not
+    searched. None when the answer is NaN (the general path decides those).
     """
-    bins = 1 << (31 - zero_low_bits)
+    bins = 1 << 15
     counts = torch.zeros(bins, dtype=torch.int64)
     for sl in blocks(n):
-        bits = source(sl).view(torch.int32).bitwise_right_shift_(zero_low_bits)
-        counts += torch.bincount(bits, minlength=bins)
+        counts += torch.bincount(bits16.source(sl), minlength=bins)
     from_top = counts.flip(0).cumsum_(0)
     index = int(torch.searchsorted(from_top, k))  # the first cumulative count reaching k
-    bucket = bins - 1 - index
-    value = float(torch.tensor(bucket << zero_low_bits, dtype=torch.int32).view(torch.float32))
+    pattern = bins - 1 - index
+    value = float(torch.tensor(pattern, dtype=torch.int16).view(bits16.dtype))
     if math.isnan(value):
         return None
-    equal = int(counts[bucket])
-    return value, int(from_top[index]) - equal, equal
+    equal = int(counts[pattern])
+    return value, int(from_top[index]) - equal, equal, pattern
 
 
 def kth_largest(source: ScoreSource, n: int, k: int) -> tuple[float, int, int]:

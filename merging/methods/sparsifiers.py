@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from mergesearch.merging.methods import primitives as P
-from mergesearch.merging.methods.selection import BLOCK, TopK, blocks, float32_above, select_top_k
+from mergesearch.merging.methods.selection import (
+    BLOCK,
+    Bits16,
+    TopK,
+    blocks,
+    float32_above,
+    select_top_k,
+)
 
 
 class KeepRule(Protocol):
@@ -56,9 +63,16 @@ class Delta:
         """``|d|`` of a block in float32 (exact for 16-bit inputs): what top-k cuts compare."""
         return self.block(sl).abs_().to(P.accumulation_dtype(self.b.dtype))
 
+    def magnitude_bits(self, sl: slice) -> torch.Tensor:
+        """``|d|`` of a block of 16-bit floats as their bit patterns (``int16``, all >= 0)."""
+        return self.block(sl).abs_().view(torch.int16)
+
     def top_k(self, k: int) -> TopK:
         """The rule keeping the ``k`` largest ``|d|``; 16-bit scores are counted, not sampled."""
-        return select_top_k(self.scores, self.numel, k, zero_low_bits=P.zero_low_bits(self.b.dtype))
+        dtype = self.b.dtype
+        sixteen = dtype in (torch.bfloat16, torch.float16) and self.x.dtype == dtype
+        bits = Bits16(self.magnitude_bits, dtype) if sixteen else None
+        return select_top_k(self.scores, self.numel, k, bits16=bits)
 
 
 @dataclass(frozen=True)

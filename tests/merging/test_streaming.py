@@ -196,3 +196,19 @@ def test_counted_top_k_of_16_bit_scores_equals_the_sampled_search(dtype):
         assert counted == S.select_top_k(delta.scores, n, k)
         mask = torch.cat([counted.mask(delta.scores(sl), sl.start) for sl in S.blocks(n)])
         assert torch.equal(mask, R.topk_mask(delta.scores(slice(None)), k))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_counting_16_bit_patterns_finds_the_kth_value_and_its_counts(dtype):
+    gen = torch.Generator().manual_seed(1)
+    n = 2 * S.BLOCK + 5
+    b = (torch.randn(n, generator=gen) * 0.02).to(dtype)
+    x = (b.float() + torch.randn(n, generator=gen) * 0.001).to(dtype)
+    delta = SP.Delta(x, b, (n,))
+    scores = delta.scores(slice(None))  # float32, exact
+    for k in (1, n // 4, n - 3):
+        value, above, equal, pattern = S.histogram_kth(S.Bits16(delta.magnitude_bits, dtype), n, k)
+        assert value == float(torch.sort(scores, descending=True).values[k - 1])
+        assert above == int((scores > value).sum()) and equal == int((scores == value).sum())
+        assert above < k <= above + equal
+        assert int(torch.tensor(value, dtype=dtype).view(torch.int16)) == pattern
