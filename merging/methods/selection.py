@@ -89,7 +89,7 @@ class Bits16:
     """Scores that are non-negative 16-bit floats, given as their bit patterns (``int16``) per
     flat index; ``dtype`` says which float they are (bfloat16 or float16)."""
 
-    source: Callable[[slice], torch.Tensor]
+    source: ScoreSource
     dtype: torch.dtype
 
 
