@@ -24,15 +24,18 @@ BLOCK = 1 << 18
 # Sizes above which the threshold search samples first, and the sample size.
 SAMPLE_MIN_NUMEL = 1 << 20
 SAMPLE_SIZE = 1 << 16
+# The 16-bit counting pass keeps one histogram per run of blocks, at most this many runs: the
+# tie search then scans one run instead of up to the whole tensor, for at most 16 MiB of counts.
+COUNT_RUNS = 64
 
 # Flat scores for an index (a slice, possibly strided) into the flattened tensor.
 ScoreSource = Callable[[slice], torch.Tensor]
 
 
-def blocks(n: int, block: int = BLOCK) -> Iterator[slice]:
-    """Consecutive slices covering ``range(n)``."""
-    for start in range(0, n, block):
-        yield slice(start, min(n, start + block))
+def blocks(n: int, block: int = BLOCK, start: int = 0) -> Iterator[slice]:
+    """Consecutive slices covering ``range(start, n)``."""
+    for first in range(start, n, block):
+        yield slice(first, min(n, first + block))
 
 
 @dataclass(frozen=True)
@@ -103,18 +106,18 @@ def select_top_k(source: ScoreSource, n: int, k: int, *, bits16: Bits16 | None =
         return TopK(-math.inf, n)
     if k <= 0:
         return TopK(math.inf, 0)
-    found = histogram_kth(bits16, n, k) if bits16 is not None else None
-    if found is not None and bits16 is not None:
-        value, above, equal, pattern = found
-        scan, target = bits16.source, pattern  # find the ties on the bit patterns
+    counted = histogram_kth(bits16, n, k) if bits16 is not None else None
+    if counted is not None and bits16 is not None:
+        value, above, equal = counted.value, counted.above, counted.equal
+        scan, target = bits16.source, counted.pattern  # find the ties on the bit patterns
     else:
         value, above, equal = kth_largest(source, n, k)
         scan, target = source, value
     ties = k - above  # how many entries equal to value are in the top k (>= 1)
     if ties >= equal:
         return TopK(value, n)
-    seen = 0
-    for sl in blocks(n):
+    start, seen = counted.ties_before(ties) if counted is not None else (0, 0)
+    for sl in blocks(n, start=start):
         where = torch.nonzero(scan(sl) == target).squeeze(1)
         if seen + where.numel() >= ties:
             return TopK(value, sl.start + int(where[ties - seen - 1]) + 1)
@@ -122,27 +125,56 @@ def select_top_k(source: ScoreSource, n: int, k: int, *, bits16: Bits16 | None =
     raise AssertionError("unreachable: fewer equal scores than counted")
 
 
-def histogram_kth(bits16: Bits16, n: int, k: int) -> tuple[float, int, int, int] | None:
-    """``kth_largest`` for 16-bit scores, from one pass of counts: the k-th value, the counts
-    above and equal to it, and its bit pattern.
+@dataclass(frozen=True)
+class Counted16:
+    """What one counting pass over 16-bit scores says about the k-th largest: its value and bit
+    pattern, the counts above and equal to it, and where the equal ones lie, run by run."""
+
+    value: float
+    above: int
+    equal: int
+    pattern: int
+    run_starts: tuple[int, ...]  # flat index where each run of blocks begins
+    run_equal: tuple[int, ...]  # how many scores equal ``value`` in each run
+
+    def ties_before(self, ties: int) -> tuple[int, int]:
+        """``(start, seen)``: where the run holding the ``ties``-th equal score begins, and how
+        many equal scores come before it. The tie search starts there, not at index 0."""
+        seen = 0
+        for start, equal in zip(self.run_starts, self.run_equal, strict=True):
+            if seen + equal >= ties:
+                return start, seen
+            seen += equal
+        raise AssertionError("unreachable: fewer equal scores than counted")
+
+
+def histogram_kth(bits16: Bits16, n: int, k: int, runs: int = COUNT_RUNS) -> Counted16 | None:
+    """``kth_largest`` for 16-bit scores, from one pass of counts. None when the answer is NaN
+    (the general path decides those).
 
     A non-negative float orders like its bits read as an integer, and a 16-bit float has at
     most ``2 ** 15`` non-negative patterns. Counting each pattern gives the exact answer from
     one ``bincount`` per block, with no sample, no band and no upcast; ties are counted, not
-    searched. None when the answer is NaN (the general path decides those).
+    searched. The counts are kept per run of blocks (at most ``runs`` runs), so the tie search
+    that follows reads one run, not everything before the cut.
     """
     bins = 1 << 15
-    counts = torch.zeros(bins, dtype=torch.int64)
-    for sl in blocks(n):
-        counts += torch.bincount(bits16.source(sl), minlength=bins)
-    from_top = counts.flip(0).cumsum_(0)
+    per_run = max(1, -(-math.ceil(n / BLOCK) // runs)) * BLOCK
+    starts = tuple(range(0, n, per_run))
+    counts = torch.zeros(len(starts), bins, dtype=torch.int64)
+    for run, start in enumerate(starts):
+        for sl in blocks(min(n, start + per_run), start=start):
+            counts[run] += torch.bincount(bits16.source(sl), minlength=bins)
+    from_top = counts.sum(0).flip(0).cumsum_(0)
     index = int(torch.searchsorted(from_top, k))  # the first cumulative count reaching k
     pattern = bins - 1 - index
     value = float(torch.tensor(pattern, dtype=torch.int16).view(bits16.dtype))
     if math.isnan(value):
         return None
-    equal = int(counts[pattern])
-    return value, int(from_top[index]) - equal, equal, pattern
+    per_run_equal = counts[:, pattern]
+    equal = int(per_run_equal.sum())
+    above = int(from_top[index]) - equal
+    return Counted16(value, above, equal, pattern, starts, tuple(per_run_equal.tolist()))
 
 
 def kth_largest(source: ScoreSource, n: int, k: int) -> tuple[float, int, int]:

@@ -29,7 +29,7 @@ from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
-from mergesearch.merging.methods.selection import blocks
+from mergesearch.merging.methods.selection import BLOCK, blocks
 
 
 def _l1_rescale_factor(delta: SP.Delta, rule: SP.KeepRule) -> float:
@@ -57,39 +57,45 @@ def _weighted_block(
 
 
 def _consensus_block(
-    weighted: list[torch.Tensor], weights: list[float], with_divisor: bool
+    weighted: list[torch.Tensor], weights: list[float], with_divisor: bool, ones: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``mixed = sum M_i D_i`` and ``divisor = sum M_i w_i`` (0 replaced by 1) of one block.
+    """``mixed = sum M_i D_i`` and ``divisor = sum M_i w_i`` (0 made harmless) of one block.
 
     With the elected sign ``s = +-1`` (``+1`` where ``sum D >= 0``), ``D_i`` agrees exactly
     when ``s D_i > 0``. Clamping ``s D_i`` at 0 keeps ``|D_i|`` of the agreeing entries, their
     sum times ``s`` is ``mixed`` (bit for bit: all agreeing terms share one sign), and
     ``sign(clamped)`` is the 0/1 agreement that weights the divisor. Zeros never agree. Only
-    float arithmetic: bool masks cost several times more per element on CPU.
+    float arithmetic, and as few passes as the algebra allows: on CPU this block is most of a
+    TIES merge's time, and bool masks cost several times more per element than float ops.
+    ``ones``: a block of 1.0 to take signs from (no fill per block).
     """
-    total = weighted[0]
-    for d in weighted[1:]:
-        total = total + d
-    # copysign makes 0 vote +1; only -0.0 votes -1, and a -0.0 sum means every D_i is zero
-    sign = torch.ones_like(total).copysign_(total)
-    mixed = divisor = count = None
-    for d, w in zip(weighted, weights, strict=True):
+    ones = ones[: weighted[0].numel()]
+    if len(weighted) == 1:  # the sum is D_0 itself, which the loop below changes
+        total = weighted[0]
+        sign = torch.copysign(ones, total)
+    else:
+        total = weighted[0] + weighted[1]
+        for d in weighted[2:]:
+            total.add_(d)
+        # copysign makes 0 vote +1; only -0.0 votes -1, and a -0.0 sum means every D_i is zero
+        sign = torch.copysign(ones, total, out=total)
+    mixed = divisor = None
+    last = len(weighted) - 1
+    for i, (d, w) in enumerate(zip(weighted, weights, strict=True)):
         agreeing = d.mul_(sign).clamp_(min=0)  # d is ours: made by _weighted_block
-        if mixed is None:  # the first D_i's buffer becomes the sum unless sign_ reuses it below
-            mixed = agreeing.clone() if with_divisor else agreeing
-        else:
-            mixed.add_(agreeing)
-        if with_divisor:
-            agrees = agreeing.sign_()
-            divisor = (
-                agrees * w if divisor is None else divisor.add_(agrees, alpha=P.float32_scalar(w))
-            )
-            count = agrees if count is None else count.add_(agrees)
+        mixed = agreeing if mixed is None else mixed.add_(agreeing)
+        if with_divisor:  # the 0/1 agreement, in place once agreeing is no longer needed
+            agrees = agreeing.sign_() if i == last and i > 0 else torch.sign(agreeing)
+            weight = P.float32_scalar(w)
+            divisor = agrees.mul_(weight) if divisor is None else divisor.add_(agrees, alpha=weight)
     assert mixed is not None
     mixed.mul_(sign)
-    if divisor is not None and count is not None:
-        if min(weights) >= 0:  # then divisor == 0 exactly where no model agrees
-            divisor.add_(torch.sub(1.0, count).relu_())
+    if divisor is not None:
+        positive = [P.float32_scalar(w) for w in weights if w > 0]
+        if len(positive) == len(weights):
+            # divisor is 0 exactly where no model agrees (mixed is 0 there), else >= the
+            # smallest weight, so this clamp changes only the zeros: 0 / w = 0
+            divisor.clamp_(min=min(torch.tensor(positive, dtype=torch.float32).tolist()))
         else:
             divisor.masked_fill_(divisor == 0, 1)
     return mixed, divisor
@@ -128,13 +134,15 @@ def generalized_task_arithmetic(
     plain_divisor = total if abs(total) >= 1e-8 else 1.0
     lam = float(params["lambda"])
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
+    compute = P.accumulation_dtype(b.dtype)
+    ones = torch.ones(min(b.numel(), BLOCK), dtype=compute) if consensus else None
     for sl in blocks(b.numel()):
         weighted = [
             _weighted_block(delta, rule, factor, w, sl)
             for delta, rule, factor, w in zip(deltas, rules, factors, weights, strict=True)
         ]
-        if consensus:
-            mixed, divisor = _consensus_block(weighted, weights, bool(params["normalize"]))
+        if ones is not None:  # consensus
+            mixed, divisor = _consensus_block(weighted, weights, bool(params["normalize"]), ones)
         else:
             mixed = weighted[0]
             for d in weighted[1:]:
@@ -144,7 +152,10 @@ def generalized_task_arithmetic(
             mixed /= divisor
         if lam != 1.0:
             mixed *= lam
-        torch.add(b[sl], mixed, out=out[sl])
+        if compute == b.dtype:
+            torch.add(b[sl], mixed, out=out[sl])
+        else:  # two passes beat one add that rounds into a 16-bit out
+            out[sl].copy_(mixed.add_(b[sl]))
     return out.reshape(base.shape)
 
 

@@ -207,8 +207,17 @@ def test_counting_16_bit_patterns_finds_the_kth_value_and_its_counts(dtype):
     delta = SP.Delta(x, b, (n,))
     scores = delta.scores(slice(None))  # float32, exact
     for k in (1, n // 4, n - 3):
-        value, above, equal, pattern = S.histogram_kth(S.Bits16(delta.magnitude_bits, dtype), n, k)
-        assert value == float(torch.sort(scores, descending=True).values[k - 1])
-        assert above == int((scores > value).sum()) and equal == int((scores == value).sum())
-        assert above < k <= above + equal
-        assert int(torch.tensor(value, dtype=dtype).view(torch.int16)) == pattern
+        for runs in (S.COUNT_RUNS, 2):  # one block per run; several blocks per run
+            counted = S.histogram_kth(S.Bits16(delta.magnitude_bits, dtype), n, k, runs=runs)
+            value, above, equal = counted.value, counted.above, counted.equal
+            assert value == float(torch.sort(scores, descending=True).values[k - 1])
+            assert above == int((scores > value).sum()) and equal == int((scores == value).sum())
+            assert above < k <= above + equal
+            pattern = int(torch.tensor(value, dtype=dtype).view(torch.int16))
+            assert counted.pattern == pattern
+            # the tie search may start at the run that holds the ties-th equal score
+            where = torch.nonzero(scores == value).squeeze(1)
+            for ties in (1, equal // 2 + 1, equal):
+                start, seen = counted.ties_before(ties)
+                assert seen == int((where < start).sum()) and seen < ties
+                assert int(where[ties - 1]) >= start
