@@ -159,7 +159,8 @@ def histogram_kth(bits16: Bits16, n: int, k: int, runs: int = COUNT_RUNS) -> Cou
     that follows reads one run, not everything before the cut.
     """
     bins = 1 << 15
-    per_run = max(1, -(-math.ceil(n / BLOCK) // runs)) * BLOCK
+    block_count = -(-n // BLOCK)  # ceiling divisions: every run but the last is full
+    per_run = -(-block_count // runs) * BLOCK
     starts = tuple(range(0, n, per_run))
     counts = torch.zeros(len(starts), bins, dtype=torch.int64)
     for run, start in enumerate(starts):
