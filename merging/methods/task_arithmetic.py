@@ -94,8 +94,9 @@ def _consensus_block(
         positive = [P.float32_scalar(w) for w in weights if w > 0]
         if len(positive) == len(weights):
             # divisor is 0 exactly where no model agrees (mixed is 0 there), else >= the
-            # smallest weight, so this clamp changes only the zeros: 0 / w = 0
-            divisor.clamp_(min=min(torch.tensor(positive, dtype=torch.float32).tolist()))
+            # smallest weight as the divisor's dtype holds it, so this clamp changes only the
+            # zeros: 0 / w = 0
+            divisor.clamp_(min=min(torch.tensor(positive, dtype=divisor.dtype).tolist()))
         else:
             divisor.masked_fill_(divisor == 0, 1)
     return mixed, divisor

@@ -258,3 +258,18 @@ def test_bfloat16_family_stays_close_to_float32():
         )
         assert bf16.dtype == torch.bfloat16
         torch.testing.assert_close(bf16.float(), f32, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_divides_by_exactly_the_weight_of_a_lone_agreeing_model(dtype):
+    """Where only the model of weight 0.1 agrees, the divisor is that weight as the dtype holds
+    it (0.1 in float64 is not float32's 0.1), and the result is base + d exactly; where no
+    model agrees (both deltas 0) the result is the base."""
+    base = torch.zeros(4, dtype=dtype)
+    lone = torch.tensor([1.0, 2.0, 0.5, 0.0], dtype=dtype)  # D_0 = 0.1 d wins the sign vote
+    other = torch.tensor([-0.1, -0.2, -0.05, 0.0], dtype=dtype)  # D_1 = -0.07 d disagrees
+    per_model = [{"weight": 0.1, "density": 1.0}, {"weight": 0.7, "density": 1.0}]
+    out = run("ties", [base + lone, base + other], base=base, per_model=per_model)
+    expected = (lone * 0.1) / torch.tensor(0.1, dtype=dtype)
+    assert torch.equal(out, base + expected)
+    assert out[3] == 0
