@@ -56,8 +56,24 @@ def _weighted_block(
     return d.mul_(weight)
 
 
+def _divisor_floor(weights: list[float], dtype: torch.dtype) -> float | None:
+    """The smallest weight as ``dtype`` holds it, when every weight is positive; else None.
+
+    Then a consensus divisor is 0 exactly where no model agrees (and ``mixed`` is 0 there),
+    and otherwise at least this floor: clamping at it changes only the zeros (0 / w = 0).
+    Computed once per tensor, not per block.
+    """
+    if not weights or min(weights) <= 0:
+        return None
+    return min(torch.tensor([P.float32_scalar(w) for w in weights], dtype=dtype).tolist())
+
+
 def _consensus_block(
-    weighted: list[torch.Tensor], weights: list[float], with_divisor: bool, ones: torch.Tensor
+    weighted: list[torch.Tensor],
+    weights: list[float],
+    with_divisor: bool,
+    ones: torch.Tensor,
+    floor: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``mixed = sum M_i D_i`` and ``divisor = sum M_i w_i`` (0 made harmless) of one block.
 
@@ -67,7 +83,8 @@ def _consensus_block(
     ``sign(clamped)`` is the 0/1 agreement that weights the divisor. Zeros never agree. Only
     float arithmetic, and as few passes as the algebra allows: on CPU this block is most of a
     TIES merge's time, and bool masks cost several times more per element than float ops.
-    ``ones``: a block of 1.0 to take signs from (no fill per block).
+    ``ones``: a block of 1.0 to take signs from (no fill per block); ``floor``: see
+    ``_divisor_floor`` (None: zeros of the divisor become 1).
     """
     ones = ones[: weighted[0].numel()]
     if len(weighted) == 1:  # the sum is D_0 itself, which the loop below changes
@@ -91,12 +108,8 @@ def _consensus_block(
     assert mixed is not None
     mixed.mul_(sign)
     if divisor is not None:
-        positive = [P.float32_scalar(w) for w in weights if w > 0]
-        if len(positive) == len(weights):
-            # divisor is 0 exactly where no model agrees (mixed is 0 there), else >= the
-            # smallest weight as the divisor's dtype holds it, so this clamp changes only the
-            # zeros: 0 / w = 0
-            divisor.clamp_(min=min(torch.tensor(positive, dtype=divisor.dtype).tolist()))
+        if floor is not None:
+            divisor.clamp_(min=floor)
         else:
             divisor.masked_fill_(divisor == 0, 1)
     return mixed, divisor
@@ -137,13 +150,16 @@ def generalized_task_arithmetic(
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
     compute = P.accumulation_dtype(b.dtype)
     ones = torch.ones(min(b.numel(), BLOCK), dtype=compute) if consensus else None
+    floor = _divisor_floor(weights, compute)
     for sl in blocks(b.numel()):
         weighted = [
             _weighted_block(delta, rule, factor, w, sl)
             for delta, rule, factor, w in zip(deltas, rules, factors, weights, strict=True)
         ]
         if ones is not None:  # consensus
-            mixed, divisor = _consensus_block(weighted, weights, bool(params["normalize"]), ones)
+            mixed, divisor = _consensus_block(
+                weighted, weights, bool(params["normalize"]), ones, floor
+            )
         else:
             mixed = weighted[0]
             for d in weighted[1:]:
