@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mergesearch.search import attrs as A
 from mergesearch.search.optimize.ranges import middle
-from mergesearch.search.optimize.views import FilteredStudy
+from mergesearch.search.optimize.views import FilteredStudy, indexes_trials_by_number
 
 METHOD_PARAM = "method"
 INNER_SAMPLERS: dict[str, Callable[[int, int], BaseSampler]] = {
@@ -193,7 +193,11 @@ class PortfolioSampler(BaseSampler):
         return allocate(records, warmup=self.warmup, patience=self.patience)
 
     def _view(self, study: optuna.Study, method: str) -> optuna.Study:
-        return FilteredStudy(study, lambda t: self.method_of(t) == method)
+        return FilteredStudy(
+            study,
+            lambda t: self.method_of(t) == method,
+            renumber=indexes_trials_by_number(self._inner[method]),
+        )
 
     def _method(self, study: optuna.Study, trial: FrozenTrial) -> str:
         method = self.method_of(trial)

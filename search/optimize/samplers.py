@@ -28,7 +28,7 @@ from mergesearch.search.errors import SpecError
 from mergesearch.search.optimize import versions
 from mergesearch.search.optimize.registry import AUTO, PRUNERS, SAMPLERS, Problem, auto_sampler
 from mergesearch.search.optimize.space import SearchSpace
-from mergesearch.search.optimize.views import FilteredStudy
+from mergesearch.search.optimize.views import FilteredStudy, indexes_trials_by_number
 from mergesearch.search.spec.schema import SearchSpec
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,14 @@ def is_baseline(trial: FrozenTrial) -> bool:
     return A.BASELINE in trial.user_attrs
 
 
-def _without_baselines(study: optuna.Study) -> optuna.Study:
+def _without_baselines(study: optuna.Study, sampler: BaseSampler) -> optuna.Study:
     """The trials a sampler learns from: no baselines, and only those scored under the study's
     current spec version (after ``--allow-spec-change`` older scores measured another thing)."""
     latest = versions.current(study)
     return FilteredStudy(
-        study, lambda trial: not is_baseline(trial) and versions.version_of(trial) == latest
+        study,
+        lambda trial: not is_baseline(trial) and versions.version_of(trial) == latest,
+        renumber=indexes_trials_by_number(sampler),
     )
 
 
@@ -105,12 +107,14 @@ class HideBaselines(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        return self.inner.infer_relative_search_space(_without_baselines(study), trial)
+        return self.inner.infer_relative_search_space(_without_baselines(study, self.inner), trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self.inner.sample_relative(_without_baselines(study), trial, search_space)
+        return self.inner.sample_relative(
+            _without_baselines(study, self.inner), trial, search_space
+        )
 
     def sample_independent(
         self,
@@ -120,11 +124,11 @@ class HideBaselines(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         return self.inner.sample_independent(
-            _without_baselines(study), trial, param_name, param_distribution
+            _without_baselines(study, self.inner), trial, param_name, param_distribution
         )
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.inner.before_trial(_without_baselines(study), trial)
+        self.inner.before_trial(_without_baselines(study, self.inner), trial)
 
     def after_trial(
         self,
@@ -133,7 +137,7 @@ class HideBaselines(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        self.inner.after_trial(_without_baselines(study), trial, state, values)
+        self.inner.after_trial(_without_baselines(study, self.inner), trial, state, values)
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()

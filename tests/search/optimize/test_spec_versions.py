@@ -159,7 +159,7 @@ def test_allowed_change_records_a_version_and_never_answers_across_it(family, tm
     assert all(versions.version_of(t) == 2 for t in best_trials(study))
     assert study.user_attrs[A.OBJECTIVES][0]["weight"] == 2.0
     # the sampler learns only from scores measured under the current version
-    seen = samplers._without_baselines(study)._get_trials(deepcopy=False)
+    seen = samplers._without_baselines(study, study.sampler.inner)._get_trials(deepcopy=False)
     assert seen and {versions.version_of(t) for t in seen} == {2}
 
     # the same spec again: version 2 goes on, nothing new is recorded
