@@ -32,6 +32,7 @@ from mergesearch.merging.card import merge_card
 from mergesearch.merging.checkpoint import CheckpointSet
 from mergesearch.merging.config import MergeConfig, load_merge_config
 from mergesearch.merging.errors import ConfigError, MergeRuntimeError
+from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.outputs import check_output, existing_file, source_models
 from mergesearch.merging.plan import MergePlan, TensorJob, TensorRef, _Planner
 from mergesearch.merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
@@ -501,7 +502,7 @@ class Merger:
         owned = base is not None and (not self.cache.store or base is not source_base)
         generator = None
         if plan.method.uses_randomness:
-            generator = torch.Generator().manual_seed(tensor_seed(seed, job.out_name))
+            generator = Draws(tensor_seed(seed, job.out_name))
         lender = (
             buffers.lending(results, destination, (base,) if owned else ())  # type: ignore[arg-type]
             if results is not None

@@ -26,6 +26,7 @@ from mergesearch.merging import buffers
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import selection as S
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 
 SOFTMAX_EPS = 1e-8
 QUARTILES = (1, 2, 3)  # quarters: q1, median, q3
@@ -87,7 +88,7 @@ def arcee_fusion(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     b, x = P.base_and_other("arcee_fusion", inputs, base)
     assert base is not None  # checked by base_and_other

@@ -9,7 +9,8 @@ A method is a pure function over tensors of one output tensor. The engine resolv
 - ``per_model``: one dict per input with that model's resolved per-model parameters
   (defaults filled in),
 - ``params``: the resolved global parameters (defaults filled in),
-- ``generator``: a ``torch.Generator`` seeded from (seed, tensor name) for random methods.
+- ``generator``: the tensor's uniform stream (``draws.Draws``), seeded from (seed, tensor name),
+  for random methods.
 
 Adding a method is adding one module that calls ``register``: no if-chain anywhere knows names.
 """
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from mergesearch.merging.errors import ConfigError, did_you_mean
+from mergesearch.merging.methods.draws import Draws
 
 
 class BaseRole(str, Enum):
@@ -51,7 +53,7 @@ class MergeFunction(Protocol):
         base: torch.Tensor | None,
         per_model: list[dict[str, float]],
         params: Mapping[str, Any],
-        generator: torch.Generator | None,
+        generator: Draws | None,
     ) -> torch.Tensor: ...
 
 

@@ -28,6 +28,7 @@ import torch
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 
 
 def karcher_coefficients(g: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
@@ -67,7 +68,7 @@ def karcher(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     max_iter = float(params["max_iter"])
     if max_iter < 0 or max_iter != int(max_iter):

@@ -10,6 +10,7 @@ import torch
 from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.primitives import weighted_sum
 from mergesearch.merging.methods.selection import blocks
 
@@ -19,7 +20,7 @@ def linear(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     weights = [float(p["weight"]) for p in per_model]
     total = sum(weights)

@@ -12,6 +12,7 @@ from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.primitives import dot
 from mergesearch.merging.methods.selection import BLOCK, blocks
 
@@ -70,7 +71,7 @@ def model_stock(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     if base is None or len(inputs) < 2:
         raise ConfigError("model_stock needs base_model and at least two other models")

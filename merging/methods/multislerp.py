@@ -23,6 +23,7 @@ import torch
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 
 
 def multislerp_coefficients(g: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor:
@@ -56,7 +57,7 @@ def multislerp(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     if len(inputs) == 1:
         return inputs[0]

@@ -17,6 +17,7 @@ import torch
 from mergesearch.merging import buffers
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.selection import blocks
 
 DISTANCE_FLOOR = 1e-6
@@ -34,7 +35,7 @@ def nearswap(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     b, x = P.base_and_other("nearswap", inputs, base)
     assert base is not None  # checked by base_and_other

@@ -9,6 +9,7 @@ import torch
 
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 
 
 def passthrough(
@@ -16,7 +17,7 @@ def passthrough(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     if len(inputs) != 1:
         raise ConfigError(f"passthrough takes exactly one model per tensor, got {len(inputs)}")

@@ -23,6 +23,7 @@ from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.selection import blocks
 
 
@@ -84,7 +85,7 @@ def ram(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     base = _checked(base, "ram")
     if not inputs:
@@ -97,7 +98,7 @@ def ramplus_tl(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     base = _checked(base, "ramplus_tl")
     if not inputs:

@@ -27,6 +27,7 @@ from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.selection import TopK, blocks, select_top_k
 
 WEIGHT_SUM_FLOOR = 1e-6  # below it the energies are noise: equal weights
@@ -59,7 +60,7 @@ def sce(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     if base is None:
         raise ConfigError("sce needs base_model: task vectors are x_i - base")

@@ -11,6 +11,7 @@ import torch
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 
 
 def slerp(
@@ -18,7 +19,7 @@ def slerp(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     if base is None:
         raise ConfigError("slerp needs base_model: it interpolates from the base (t=0)")
@@ -30,7 +31,7 @@ def nuslerp(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
 ) -> torch.Tensor:
     if len(inputs) != 2:
         raise ConfigError(f"nuslerp merges exactly two models besides the base, got {len(inputs)}")

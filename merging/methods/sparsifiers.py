@@ -7,9 +7,9 @@ the semantics. Here the same masks come as rules a method applies block by block
 - magnitude and breadcrumbs: exact top-k cuts (``selection.TopK``), found in one pass over
   ``|x - b|`` recomputed per block; applying one costs a compare per element;
 - random (DARE) and della: a stored mask (bits: a 32nd of a float32 tensor), because their
-  draws must follow the documented protocol: one ``torch.rand(shape)`` per model, in config
-  order, from the method's generator. ``torch.rand`` draws element by element, so drawing the
-  same tensor in consecutive flat chunks gives the same numbers.
+  draws must follow the documented protocol (``draws``): one uniform per element, in flat
+  order, model after model in config order, from the tensor's stream. The stream does not
+  depend on how it is chunked, so drawing block by block gives the whole-tensor numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mergesearch.merging.methods import primitives as P
+from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.selection import (
     BLOCK,
     Bits16,
@@ -129,34 +130,32 @@ def pack(keep: torch.Tensor, bits: torch.Tensor, start: int) -> None:
     bits[start // 8 : start // 8 + packed.size] = torch.from_numpy(packed)
 
 
-def magnitude(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> KeepRule:
+def magnitude(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     k = P.magnitude_count(delta.numel, float(p["density"]))
     return Top(delta.top_k(k))
 
 
-def breadcrumbs(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> KeepRule:
+def breadcrumbs(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     n = delta.numel
     bottom, top = P.breadcrumbs_counts(n, float(p["density"]), float(p["gamma"]))
     outliers = delta.top_k(top) if top > 0 else None
     return Top(delta.top_k(n - bottom), outliers)
 
 
-def random(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> KeepRule:
+def random(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     density = float(p["density"])
     P.check_density(density)
+    assert g is not None, "DARE draws need the tensor's stream"
     bits = torch.empty((delta.numel + 7) // 8, dtype=torch.uint8)
-    draws = torch.empty(min(BLOCK, delta.numel))
-    keep = torch.empty(draws.shape, dtype=torch.bool)
     for sl in blocks(delta.numel):  # BLOCK is a multiple of 8: every block starts on a byte
-        chunk = draws[: sl.stop - sl.start]
-        torch.rand(chunk.shape, generator=g, out=chunk)
-        pack(torch.lt(chunk, density, out=keep[: chunk.numel()]), bits, sl.start)
+        pack(torch.from_numpy(g.below(density, sl.stop - sl.start)), bits, sl.start)
     return Stored(bits)
 
 
-def della(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> KeepRule:
+def della(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     density, epsilon = float(p["density"]), float(p["epsilon"])
     P.check_della(density, epsilon)
+    assert g is not None, "DELLA draws need the tensor's stream"
     n = delta.numel
     width = max(1, delta.shape[-1]) if delta.shape else 1  # a 1-D tensor is one row
     bits = torch.empty((n + 7) // 8, dtype=torch.uint8)
@@ -165,9 +164,9 @@ def della(delta: Delta, p: Mapping[str, Any], g: torch.Generator | None) -> Keep
     rows = max(align, BLOCK // width // align * align)
     for sl in blocks(n, rows * width):
         magnitudes = delta.scores(sl).view(-1, width)
-        draws = torch.rand(magnitudes.shape, generator=g)
+        draws = g.uniform(magnitudes.numel()).view(magnitudes.shape)
         pack(P.della_keep(magnitudes, draws, density, epsilon).view(-1), bits, sl.start)
     return Stored(bits)
 
 
-Sparsifier = Callable[[Delta, Mapping[str, Any], torch.Generator | None], KeepRule]
+Sparsifier = Callable[[Delta, Mapping[str, Any], Draws | None], KeepRule]

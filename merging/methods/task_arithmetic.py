@@ -29,6 +29,7 @@ from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
+from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.selection import BLOCK, blocks
 
 
@@ -120,7 +121,7 @@ def generalized_task_arithmetic(
     base: torch.Tensor | None,
     per_model: list[dict[str, float]],
     params: Mapping[str, Any],
-    generator: torch.Generator | None,
+    generator: Draws | None,
     *,
     sparsifier: SP.Sparsifier | None,
     consensus: bool,

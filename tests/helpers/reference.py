@@ -16,6 +16,7 @@ import torch
 
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import selection as S
+from mergesearch.merging.methods.draws import Draws
 
 
 def scores(d: torch.Tensor) -> torch.Tensor:
@@ -48,12 +49,13 @@ def magnitude_mask(d: torch.Tensor, density: float) -> torch.Tensor:
     return topk_mask(scores(d), P.magnitude_count(d.numel(), density)).reshape(d.shape)
 
 
-def random_mask(d: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
-    """DARE: keep each entry independently with probability ``density``."""
+def random_mask(d: torch.Tensor, density: float, draws: Draws) -> torch.Tensor:
+    """DARE: keep each entry independently with probability ``density``: its uniform, in
+    flat order, below ``density`` (compared exactly, in float64)."""
     P.check_density(density)
     if density >= 1:
         return torch.ones(d.shape, dtype=torch.bool)
-    return torch.rand(d.shape, generator=generator) < density
+    return draws.uniform(d.numel()).view(d.shape).double() < density
 
 
 def breadcrumbs_mask(d: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -70,9 +72,7 @@ def breadcrumbs_mask(d: torch.Tensor, density: float, gamma: float) -> torch.Ten
     return mask.reshape(d.shape)
 
 
-def della_mask(
-    d: torch.Tensor, density: float, epsilon: float, generator: torch.Generator | None
-) -> torch.Tensor:
+def della_mask(d: torch.Tensor, density: float, epsilon: float, draws: Draws) -> torch.Tensor:
     """DELLA's MagPrune: within each row (last dimension), the keep probability grows linearly
     with the rank of ``|d|``, from ``density - epsilon`` to ``density + epsilon``."""
     if density >= 1:
@@ -80,8 +80,8 @@ def della_mask(
     P.check_della(density, epsilon)
     width = d.shape[-1] if d.dim() >= 1 else 1
     rows = d.detach().reshape(-1, width).abs()
-    draws = torch.rand(rows.shape, generator=generator)
-    return P.della_keep(rows, draws, density, epsilon).reshape(d.shape)
+    uniforms = draws.uniform(rows.numel()).view(rows.shape)
+    return P.della_keep(rows, uniforms, density, epsilon).reshape(d.shape)
 
 
 def l1_norm(x: torch.Tensor) -> float:

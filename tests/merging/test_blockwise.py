@@ -15,6 +15,7 @@ from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import get_method
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import selection as S
+from mergesearch.merging.methods.draws import Draws
 from tests.helpers import reference as R
 
 
@@ -65,9 +66,9 @@ def test_large_tensor_methods_match_whole_tensor_masks(name):
     per_model = [
         {k: p[k] for k in ("weight", *method.per_model_params) if k in p} for p in per_model
     ]
-    out = method.fn(xs, base, per_model, params, gen(9))
+    out = method.fn(xs, base, per_model, params, Draws(9))
 
-    g = gen(9)
+    g = Draws(9)
     weighted = []
     for x, p in zip(xs, per_model, strict=True):
         d = x - base

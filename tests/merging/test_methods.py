@@ -14,6 +14,7 @@ import torch
 
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import METHODS, REQUIRED, BaseRole, get_method
+from mergesearch.merging.methods.draws import Draws
 from tests.helpers.methods import close, f64, rand, run
 
 # --- registry ---------------------------------------------------------------------------------
@@ -352,7 +353,7 @@ def call_any(name, dtype):
     inputs = [rand(16, 12, seed=60 + i, dtype=dtype) for i in range(n)]
     base = None if m.base is BaseRole.IGNORED else rand(16, 12, seed=70, dtype=dtype)
     per_model, params = CALLS[name]
-    gen = torch.Generator().manual_seed(1) if m.uses_randomness else None
+    gen = Draws(1) if m.uses_randomness else None
     snapshot = [x.clone() for x in inputs] + ([base.clone()] if base is not None else [])
     out = run(name, inputs, base=base, per_model=[per_model] * n, generator=gen, **params)
     after = inputs + ([base] if base is not None else [])

@@ -10,6 +10,7 @@ import torch
 
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import primitives as P
+from mergesearch.merging.methods.draws import Draws
 from tests.helpers import reference as R
 
 
@@ -104,19 +105,19 @@ def test_magnitude_mask_bfloat16_ties_are_deterministic():
 
 def test_random_mask_density_and_reproducibility():
     d = torch.randn(1024, 1024, generator=gen(7))
-    mask = R.random_mask(d, 0.3, gen(11))
+    mask = R.random_mask(d, 0.3, Draws(11))
     assert abs(mask.float().mean().item() - 0.3) < 0.01 * 0.3
-    assert torch.equal(mask, R.random_mask(d, 0.3, gen(11)))
-    assert not torch.equal(mask, R.random_mask(d, 0.3, gen(12)))
-    assert R.random_mask(d, 1.0, gen(11)).all()
-    assert not R.random_mask(d, 0.0, gen(11)).any()
+    assert torch.equal(mask, R.random_mask(d, 0.3, Draws(11)))
+    assert not torch.equal(mask, R.random_mask(d, 0.3, Draws(12)))
+    assert R.random_mask(d, 1.0, Draws(11)).all()
+    assert not R.random_mask(d, 0.0, Draws(11)).any()
 
 
 def test_rescale_preserves_the_l1_norm():
     d = torch.randn(1000, 1000, generator=gen(8))
-    kept = R.apply_mask(d, R.random_mask(d, 0.1, gen(13)), rescale=True)
+    kept = R.apply_mask(d, R.random_mask(d, 0.1, Draws(13)), rescale=True)
     assert kept.abs().double().sum().item() == pytest.approx(d.abs().double().sum().item(), 1e-5)
-    unscaled = R.apply_mask(d, R.random_mask(d, 0.1, gen(13)), rescale=False)
+    unscaled = R.apply_mask(d, R.random_mask(d, 0.1, Draws(13)), rescale=False)
     ratio = d.abs().double().sum() / unscaled.abs().double().sum()
     torch.testing.assert_close(kept, unscaled * ratio.float())
     # L1 matching, not 1/density
@@ -170,41 +171,41 @@ def test_della_keeps_density_on_average_and_favours_large_magnitudes():
     # rows already sorted by magnitude, so a column index is the rank
     row = torch.linspace(0.1, 1.0, 1000) * torch.tensor([1.0, -1.0]).repeat(500)
     d = row.expand(500, 1000).contiguous()
-    mask = R.della_mask(d, 0.5, 0.4, gen(14))
+    mask = R.della_mask(d, 0.5, 0.4, Draws(14))
     assert abs(mask.float().mean().item() - 0.5) < 0.005
     top_decile = mask[:, 900:].float().mean().item()
     bottom_decile = mask[:, :100].float().mean().item()
     assert top_decile == pytest.approx(0.5 + 0.4 * 0.9, abs=0.01)  # p = 0.1 + 0.8 r
     assert bottom_decile == pytest.approx(0.5 - 0.4 * 0.9, abs=0.01)
-    assert torch.equal(mask, R.della_mask(d, 0.5, 0.4, gen(14)))
+    assert torch.equal(mask, R.della_mask(d, 0.5, 0.4, Draws(14)))
 
 
 def test_della_probability_by_hand():
     d = torch.tensor([[3.0, -1.0, 2.0], [0.0, 5.0, -5.0]])
-    draws = torch.rand(d.shape, generator=gen(15))
+    draws = Draws(15).uniform(d.numel()).view(d.shape)
     # ranks ascending per row (ties by index): [2, 0, 1] and [0, 1, 2] -> r = rank / 2
     probs = 0.4 + 0.2 * torch.tensor([[2, 0, 1], [0, 1, 2]]) / 2
-    assert torch.equal(R.della_mask(d, 0.5, 0.1, gen(15)), draws < probs)
+    assert torch.equal(R.della_mask(d, 0.5, 0.1, Draws(15)), draws < probs)
 
 
 def test_della_one_dimensional_and_single_column():
     d = torch.randn(7, generator=gen(10))
-    draws = torch.rand(7, generator=gen(16))
+    draws = Draws(16).uniform(7)
     ranks = torch.tensor(np.argsort(np.argsort(d.abs().numpy(), kind="stable"), kind="stable"))
     expected = draws < (0.3 + 0.4 * ranks / 6)
-    assert torch.equal(R.della_mask(d, 0.5, 0.2, gen(16)), expected)
+    assert torch.equal(R.della_mask(d, 0.5, 0.2, Draws(16)), expected)
     column = torch.randn(5, 1, generator=gen(10))  # rows of one element: p = density
-    draws = torch.rand(5, 1, generator=gen(17))
-    assert torch.equal(R.della_mask(column, 0.5, 0.2, gen(17)), draws < 0.5)
+    draws = Draws(17).uniform(5).view(5, 1)
+    assert torch.equal(R.della_mask(column, 0.5, 0.2, Draws(17)), draws < 0.5)
 
 
 def test_della_validation_only_below_density_one():
     d = torch.randn(4, 4, generator=gen(11))
-    assert R.della_mask(d, 1.0, 0.5, gen(1)).all()
+    assert R.della_mask(d, 1.0, 0.5, Draws(1)).all()
     with pytest.raises(ConfigError, match="epsilon"):
-        R.della_mask(d, 0.2, 0.2, gen(1))
+        R.della_mask(d, 0.2, 0.2, Draws(1))
     with pytest.raises(ConfigError, match="epsilon"):
-        R.della_mask(d, 0.8, 0.2, gen(1))
+        R.della_mask(d, 0.8, 0.2, Draws(1))
 
 
 # --- sign consensus -------------------------------------------------------------------------------

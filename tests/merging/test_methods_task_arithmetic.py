@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods.draws import Draws
 from tests.helpers.methods import close, f64, rand, run
 
 SHAPE = (6, 9)
@@ -60,7 +61,7 @@ def ref_della_keep(d: np.ndarray, density: float, epsilon: float, draws: np.ndar
 def ref_gta(xs, base, per_model, *, sparsifier, consensus, normalize, rescale, lam, seed=None):
     """The family's steps in docs/METHODS.md, elementwise in float64."""
     b = f64(base).ravel()
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    gen = Draws(seed) if seed is not None else None
     deltas, weights = [], []
     for x, p in zip(xs, per_model, strict=True):
         d32 = (x - base).numpy()  # the deltas are formed in the compute dtype
@@ -72,9 +73,10 @@ def ref_gta(xs, base, per_model, *, sparsifier, consensus, normalize, rescale, l
             elif sparsifier == "breadcrumbs":
                 keep = ref_breadcrumbs_keep(d32, density, p.get("gamma", 0.01))
             elif sparsifier == "random":
-                keep = torch.rand(base.shape, generator=gen).numpy() < density
+                u = gen.uniform(base.numel()).double().numpy()
+                keep = u.reshape(base.shape) < density  # exact: in float64
             else:
-                draws = torch.rand(base.shape, generator=gen).numpy()
+                draws = gen.uniform(base.numel()).numpy().reshape(base.shape)
                 keep = ref_della_keep(d32, density, p.get("epsilon", 0.15), draws)
             kept = np.where(keep, d, 0.0)
             before, after = np.abs(d).sum(), np.abs(kept).sum()
@@ -135,7 +137,7 @@ def test_golden(name, flip, seed):
     both flipped and lambda changed (switches passed only then: the defaults are under test)."""
     sparsifier, consensus, normalize, rescale = DEFAULTS[name]
     xs, base = models()
-    gen = torch.Generator().manual_seed(seed)
+    gen = Draws(seed)
     lam = 1.0
     if flip:
         normalize, rescale, lam = not normalize, not rescale, 0.6
@@ -230,7 +232,7 @@ def test_della_bounds_are_config_errors_naming_epsilon():
     for density, epsilon in [(0.1, 0.1), (0.9, 0.1), (0.5, 0.6)]:
         pm = [{"weight": 1.0, "density": density, "epsilon": epsilon}]
         with pytest.raises(ConfigError, match="epsilon"):
-            run("della", xs, base=base, per_model=pm, generator=torch.Generator())
+            run("della", xs, base=base, per_model=pm, generator=Draws(0))
 
 
 @pytest.mark.parametrize("name", ["dare_ties", "dare_linear", "della", "della_linear"])
@@ -238,7 +240,7 @@ def test_random_methods_reproduce_with_the_same_seed(name):
     xs, base = models()
 
     def merged(seed):
-        gen = torch.Generator().manual_seed(seed)
+        gen = Draws(seed)
         return run(name, xs, base=base, per_model=PER_MODEL, generator=gen)
 
     assert torch.equal(merged(3), merged(3))

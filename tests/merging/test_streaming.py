@@ -12,6 +12,7 @@ import torch
 from mergesearch.merging import Merger, buffers, engine, sinks
 from mergesearch.merging.methods import selection as S
 from mergesearch.merging.methods import sparsifiers as SP
+from mergesearch.merging.methods.draws import Draws
 from tests.helpers import reference as R
 from tests.helpers.tiny_models import load_state, make_llama_family
 
@@ -176,10 +177,10 @@ def test_packed_random_masks_equal_the_whole_tensor_draws(width):
     d = x - base
     p = {"density": 0.4, "epsilon": 0.1}
     for sparsifier, expected in (
-        (SP.random, R.random_mask(d, 0.4, torch.Generator().manual_seed(7))),
-        (SP.della, R.della_mask(d, 0.4, 0.1, torch.Generator().manual_seed(7))),
+        (SP.random, R.random_mask(d, 0.4, Draws(7))),
+        (SP.della, R.della_mask(d, 0.4, 0.1, Draws(7))),
     ):
-        rule = sparsifier(delta, p, torch.Generator().manual_seed(7))
+        rule = sparsifier(delta, p, Draws(7))
         got = torch.cat([rule.mask(None, sl) for sl in S.blocks(d.numel(), 1000)])  # unaligned
         assert torch.equal(got, expected.reshape(-1))
 
