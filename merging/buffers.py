@@ -141,6 +141,10 @@ def empty_like(like: torch.Tensor, *, reuse: torch.Tensor | None = None) -> torc
     result), a pooled buffer, or ``torch.empty_like`` outside the engine.
     """
     lender = _LENDER.get()
+    if not isinstance(like, torch.Tensor):  # a streamed source (``streamed``): no memory of its own
+        if lender is None:
+            return torch.empty(like.shape, dtype=like.dtype)
+        reuse = None
     if lender is None:
         return torch.empty_like(like)
     target = lender.destination

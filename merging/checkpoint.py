@@ -18,6 +18,7 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ class Checkpoint:
         self.config = self._read_config()
         self.tensors: dict[str, TensorInfo] = {}
         self._fds: dict[Path, int] = {}
+        self._fds_lock = threading.Lock()  # the reader thread and streaming workers open files
         self._pickle_state: dict[str, torch.Tensor] | None = None
         if self._index_safetensors():
             return
@@ -229,11 +231,12 @@ class Checkpoint:
         return out
 
     def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            self._fds[path] = fd
-        return fd
+        with self._fds_lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                self._fds[path] = fd
+            return fd
 
     def close(self) -> None:
         """Close the open shard files (reopened on the next ``get``)."""

@@ -37,6 +37,7 @@ from mergesearch.merging.outputs import check_output, existing_file, source_mode
 from mergesearch.merging.plan import MergePlan, TensorJob, TensorRef, _Planner
 from mergesearch.merging.runtime import release_freed_memory, single_threaded_ops, tune_allocator
 from mergesearch.merging.sinks import DiskSink, ModelSink, Rows, TensorSink, nbytes, parse_size
+from mergesearch.merging.streamed import StreamedSource
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class _Part:
     job: TensorJob
     rows: Rows | None = None
     last: bool = True  # the job's last part
+    streamed: bool = False  # inputs read block by block as the method asks (``streamed``)
 
 
 class Merger:
@@ -311,16 +313,16 @@ class Merger:
 
     def _parts(self, plan: MergePlan) -> Iterator[_Part]:
         """Every job whole, except large tensors of an elementwise method (and plain copies)
-        in a one-off merge: those in parts of whole rows. A cache keeps tensors whole."""
+        in a one-off merge: those in parts of whole rows. A cache keeps tensors whole. A job of
+        a flat-block method whose inputs would fill half of what may be in flight has them
+        streamed: read block by block as the method asks for them."""
         for job in plan.jobs:
             rows = job.shape[0] if job.shape else 0
             size = nbytes(job.shape, self._out_dtype(plan, job))
-            if (
-                self.cache.store
-                or rows < 2
-                or size <= 2 * PART_BYTES
-                or (job.mergeable and not plan.method.elementwise)
-            ):
+            if job.mergeable and not plan.method.elementwise:
+                yield _Part(job, streamed=self._streams(plan, job))
+                continue
+            if self.cache.store or rows < 2 or size <= 2 * PART_BYTES:
                 yield _Part(job)
                 continue
             step = max(1, rows * PART_BYTES // size)
@@ -328,7 +330,23 @@ class Merger:
                 stop = min(rows, start + step)
                 yield _Part(job, (start, stop), stop == rows)
 
+    def _streams(self, plan: MergePlan, job: TensorJob) -> bool:
+        if self.cache.store or not plan.method.flat_blocks or len(job.shape) < 1:
+            return False
+        inputs, _ = self._job_shares(plan, job)
+        return inputs > self.cache.max_bytes // 2
+
+    def _streamed_result_bytes(self, plan: MergePlan, job: TensorJob) -> int:
+        """A streamed job's result never takes the base's buffer (there is none): the method's
+        result in the compute dtype, plus its copy in the output dtype when they differ."""
+        ref = job.base or job.inputs[0]
+        computed = plan.compute_dtype or self.checkpoints.get(ref.model).tensors[ref.name].dtype
+        result = nbytes(job.shape, computed)
+        return result + (nbytes(job.shape, plan.out_dtype) if computed != plan.out_dtype else 0)
+
     def _part_shares(self, plan: MergePlan, part: _Part) -> tuple[int, int]:
+        if part.streamed:  # a few blocks at a time, next to a result of its own
+            return 0, self._streamed_result_bytes(plan, part.job)
         inputs, result = self._job_shares(plan, part.job)
         if part.rows is None:
             return inputs, result
@@ -358,8 +376,19 @@ class Merger:
 
     def _read_part(self, part: _Part) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         job = part.job
-        inputs = [self._read(r, part.rows) for r in job.inputs]
-        return inputs, (self._read(job.base, part.rows) if job.base else None)
+        read = self._source if part.streamed else self._read
+        inputs = [read(r, part.rows) for r in job.inputs]
+        return inputs, (read(job.base, part.rows) if job.base else None)
+
+    def _source(self, ref: TensorRef, rows: Rows | None = None) -> torch.Tensor:
+        """A source tensor that reads itself block by block (``streamed``), typed as a tensor:
+        flat-block methods use nothing else of it."""
+        checkpoint = self.checkpoints.get(ref.model)
+        info = checkpoint.tensors[ref.name]
+        shape = tuple(info.shape)
+        if ref.rows is not None:
+            shape = (ref.rows, *shape[1:])
+        return StreamedSource(checkpoint, ref.name, shape, info.dtype)  # type: ignore[return-value]
 
     def _execute(
         self,
@@ -465,7 +494,7 @@ class Merger:
         result = self._compute(plan, job, inputs, base, seed, results, destination)
         kept = 0  # bytes of an input the result lives in: they stay reserved until written
         for tensor in (*inputs, base):
-            if tensor is None:
+            if not isinstance(tensor, torch.Tensor):  # None, or a streamed source
                 continue
             if _shares_memory(tensor, result):
                 kept += tensor.nbytes
@@ -499,7 +528,7 @@ class Merger:
         if dtype is not None:
             inputs = [t.to(dtype) for t in inputs]
             base = base.to(dtype) if base is not None else None
-        owned = base is not None and (not self.cache.store or base is not source_base)
+        owned = isinstance(base, torch.Tensor) and (not self.cache.store or base is not source_base)
         generator = None
         if plan.method.uses_randomness:
             generator = Draws(tensor_seed(seed, job.out_name))
@@ -511,13 +540,19 @@ class Merger:
         try:
             with lender:
                 result = plan.method.fn(inputs, base, job.per_model, job.params, generator)
+                if isinstance(result, StreamedSource):  # an input handed back unchanged
+                    result = result.materialize()
         except ConfigError as err:
             raise ConfigError(f"tensor {job.out_name!r}: {err}") from None
         if result.dtype == plan.out_dtype or results is None:
             return result.to(plan.out_dtype)
         converted = results.take(result.shape, plan.out_dtype).copy_(result)
         # a result in an input's buffer goes back with the inputs (``_compute_when_read``)
-        if not any(_shares_memory(result, t) for t in (*sources, source_base) if t is not None):
+        if not any(
+            _shares_memory(result, t)
+            for t in (*sources, source_base)
+            if isinstance(t, torch.Tensor)
+        ):
             _hand_back((results, self.pool), result, None)
         return converted
 

@@ -87,6 +87,10 @@ class MergeMethod:
     # the result may take the base's memory (``buffers.empty_like(..., reuse=base)``): the
     # method reads each block of the base before it writes that block of the result
     result_in_base: bool = False
+    # the method reads its inputs and base only as flat blocks (``t.reshape(-1)[start:stop]``,
+    # plus numel, dtype and shape): the engine may hand it sources that read each block from
+    # disk when asked (``merging.streamed``) instead of whole tensors
+    flat_blocks: bool = False
 
 
 METHODS: dict[str, MergeMethod] = {}

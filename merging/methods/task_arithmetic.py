@@ -216,6 +216,7 @@ def _register(name: str, variant: _Variant) -> None:
             min_inputs=0,  # with no other model the result is the base, as in mergekit
             uses_randomness=sparsifier in (SP.random, SP.della),
             elementwise=sparsifier is None and not variant.consensus,
+            flat_blocks=True,
             result_in_base=True,
             description=_DESCRIPTIONS[name],
             paper=variant.paper,

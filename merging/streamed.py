@@ -1,0 +1,101 @@
+"""A source tensor read block by block when a method asks for it, instead of whole.
+
+A merge without a cache bounds the bytes it holds in flight (``engine.STREAM_BYTES``), but a
+method that needs a whole tensor (a top-k over it, an L1 norm, random draws in order) got all
+of its inputs at once: four 262 MB embeddings of a Mistral-7B family are a GB by themselves, and
+at 128k-token vocabularies and 8k width they would be 8 GB. Methods that only ever read their
+inputs as flat blocks (``x.reshape(-1)[start:stop]``, ``MergeMethod.flat_blocks``) can take a
+``StreamedSource`` instead: each block is read from the checkpoint when it is asked for (whole
+rows covering it, one ``pread``), so a large job holds its result and a few blocks. Passes that
+read the same block of the same input again in a row (the base, in each model's task vector)
+get the last block back without a second read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+
+class RowReader(Protocol):
+    def read_rows(self, name: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor: ...
+
+
+class StreamedSource:
+    """Tensor ``name`` of ``reader`` (its first ``shape[0]`` rows), seen as a flat vector
+    whose slices are read on demand; with ``compute`` each block comes in that dtype."""
+
+    def __init__(
+        self,
+        reader: RowReader,
+        name: str,
+        shape: tuple[int, ...],
+        stored: torch.dtype,
+        compute: torch.dtype | None = None,
+        *,
+        flat: bool = False,
+    ):
+        self.reader, self.name = reader, name
+        self._stored_shape = tuple(shape)
+        self.stored = stored
+        self.dtype = compute or stored
+        self.shape = torch.Size((math.prod(shape),) if flat else shape)
+        self._width = math.prod(shape[1:]) if len(shape) > 1 else 1
+        self._last: tuple[int, int, torch.Tensor] | None = None
+
+    def _like(self, *, compute: torch.dtype | None, flat: bool) -> StreamedSource:
+        return StreamedSource(
+            self.reader, self.name, self._stored_shape, self.stored, compute, flat=flat
+        )
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return 0  # holds no more than a block
+
+    def detach(self) -> StreamedSource:
+        return self
+
+    def reshape(self, *shape: int) -> StreamedSource:
+        """Only the flat view (``reshape(-1)``): a method that needs another shape is not a
+        flat-block method and must not get a streamed source."""
+        if tuple(shape) not in ((-1,), (self.numel(),)):
+            raise TypeError(f"a streamed source is read as flat blocks only, not as {shape}")
+        return self if len(self.shape) == 1 else self._like(compute=self.dtype, flat=True)
+
+    def to(self, dtype: torch.dtype) -> StreamedSource:
+        if dtype == self.dtype:
+            return self
+        return self._like(compute=dtype, flat=len(self.shape) == 1)
+
+    def materialize(self) -> torch.Tensor:
+        """The whole tensor, read at once (for a method that hands an input back unchanged)."""
+        whole = torch.empty(self._stored_shape, dtype=self.stored)
+        self.reader.read_rows(self.name, 0, self._stored_shape[0], whole)
+        return whole.to(self.dtype).reshape(self.shape)
+
+    def __getitem__(self, block: slice) -> torch.Tensor:
+        if len(self.shape) != 1 or not isinstance(block, slice):
+            raise TypeError("a streamed source is read through its flat view, in slices")
+        start, stop, step = block.indices(self.numel())
+        if step != 1:
+            raise TypeError("a streamed source is read in contiguous blocks only")
+        last = self._last
+        if last is not None and last[0] == start and last[1] == stop:
+            return last[2]
+        first_row, end_row = start // self._width, -(-stop // self._width)
+        rows = torch.empty((end_row - first_row, *self._stored_shape[1:]), dtype=self.stored)
+        self.reader.read_rows(self.name, first_row, end_row, rows)
+        offset = start - first_row * self._width
+        values = rows.reshape(-1)[offset : offset + stop - start]
+        if self.dtype != self.stored:
+            values = values.to(self.dtype)
+        self._last = (start, stop, values)
+        return values
