@@ -18,6 +18,8 @@ from typing import Protocol
 
 import torch
 
+STRIDED_CHUNK = 1 << 22  # entries read at once while taking a strided sample
+
 
 class RowReader(Protocol):
     def read_rows(self, name: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor: ...
@@ -86,7 +88,7 @@ class StreamedSource:
             raise TypeError("a streamed source is read through its flat view, in slices")
         start, stop, step = block.indices(self.numel())
         if step != 1:
-            raise TypeError("a streamed source is read in contiguous blocks only")
+            return self._strided(start, stop, step)
         last = self._last
         if last is not None and last[0] == start and last[1] == stop:
             return last[2]
@@ -99,3 +101,16 @@ class StreamedSource:
             values = values.to(self.dtype)
         self._last = (start, stop, values)
         return values
+
+    def _strided(self, start: int, stop: int, step: int) -> torch.Tensor:
+        """Every ``step``-th entry of ``[start, stop)`` (a top-k's strided sample of a float32
+        score), read in chunks that are whole multiples of ``step``, so each chunk's first
+        entry is one of the sample; only the sample is kept."""
+        if step < 1:
+            raise TypeError("a streamed source is read forwards only")
+        chunk = max(1, STRIDED_CHUNK // step) * step
+        pieces = []
+        for low in range(start, stop, chunk):
+            pieces.append(self[low : min(stop, low + chunk)][::step].clone())
+        self._last = None  # the chunks are not the blocks a method reads next
+        return torch.cat(pieces) if pieces else torch.empty(0, dtype=self.dtype)

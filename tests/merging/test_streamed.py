@@ -10,6 +10,7 @@ import torch
 
 from mergesearch.merging import Merger
 from mergesearch.merging.checkpoint import CheckpointSet
+from mergesearch.merging.methods import selection as S
 from mergesearch.merging.streamed import StreamedSource
 from tests.helpers.tiny_models import load_state, make_llama_family
 
@@ -52,8 +53,9 @@ def test_flat_slices_equal_the_tensor_read_whole(family):
         cut.reshape(rows, width, 1)
     with pytest.raises(TypeError, match="flat view"):
         cut[0:4]  # the 2-D source itself is not indexed: rows would be meant
-    with pytest.raises(TypeError, match="contiguous"):
-        cut.reshape(-1)[0:10:2]
+    for start, stop, step in [(0, flat.numel(), 7), (3, flat.numel() - 2, 1000), (5, 6, 3)]:
+        assert torch.equal(source[start:stop:step], flat[start:stop:step])
+    assert torch.equal(as_bf16[::13], flat[::13].to(torch.bfloat16))
 
 
 def _config(method: str, family: list[Path], dtype: str | None = None) -> dict:
@@ -95,6 +97,18 @@ def test_streamed_jobs_merge_bit_for_bit(method, dtype, family, tmp_path):
     for name in whole:
         assert torch.equal(whole[name], streamed[name]), name
     assert merger.cache.reserved == 0 and merger.pool._lent_bytes == 0
+
+
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+def test_streamed_float32_top_k_takes_its_strided_sample(method, family, tmp_path, monkeypatch):
+    """float32 scores: the top-k samples every n/SAMPLE_SIZE-th score of the whole tensor."""
+    monkeypatch.setattr(S, "SAMPLE_MIN_NUMEL", 1024)  # the tiny tensors take the sampled path
+    monkeypatch.setattr(S, "SAMPLE_SIZE", 256)
+    cfg = _config(method, family)
+    whole = _merge(cfg, tmp_path / "whole", Merger(cache_bytes=0, threads=2))
+    streamed = _merge(cfg, tmp_path / "streamed", Merger(cache_bytes=0, threads=2, stream_bytes=2))
+    for name in whole:
+        assert torch.equal(whole[name], streamed[name]), name
 
 
 def test_a_streamed_job_reserves_its_result_not_its_inputs(family, tmp_path):
