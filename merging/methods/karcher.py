@@ -91,6 +91,7 @@ register(
         global_params={"max_iter": 10, "tol": 1e-5},
         min_inputs=1,
         description="Riemannian (Karcher) mean of the models on the hypersphere, equal weights",
+        flat_blocks=True,  # the Gram pass and the combination read flat blocks only
         paper="https://arxiv.org/abs/2603.04972",
     )
 )

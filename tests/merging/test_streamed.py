@@ -14,7 +14,7 @@ from mergesearch.merging.methods import selection as S
 from mergesearch.merging.streamed import StreamedSource
 from tests.helpers.tiny_models import load_state, make_llama_family
 
-FLAT_BLOCK_METHODS = ["ties", "dare_ties", "dare_linear", "breadcrumbs_ties", "della"]
+FLAT_BLOCK_METHODS = ["ties", "dare_ties", "dare_linear", "breadcrumbs_ties", "della", "karcher"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,8 @@ def test_flat_slices_equal_the_tensor_read_whole(family):
 
 def _config(method: str, family: list[Path], dtype: str | None = None) -> dict:
     p = [str(x) for x in family]
+    if method == "karcher":  # every model counts, no base, no per-model parameters
+        return {"merge_method": "karcher", "models": [{"model": m} for m in p]}
     cfg = {
         "merge_method": method,
         "base_model": p[0],
