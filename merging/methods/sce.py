@@ -123,6 +123,7 @@ register(
         },
         min_inputs=0,  # with no other model the result is the base, as in mergekit
         result_in_base=True,
+        flat_blocks=True,  # task vectors and variances per block; the top-k samples by stride
         description="top-variance selection, energy weights and sign erase of task vectors (SCE)",
         paper="https://arxiv.org/abs/2408.07990",
     )

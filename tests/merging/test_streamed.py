@@ -14,7 +14,15 @@ from mergesearch.merging.methods import selection as S
 from mergesearch.merging.streamed import StreamedSource
 from tests.helpers.tiny_models import load_state, make_llama_family
 
-FLAT_BLOCK_METHODS = ["ties", "dare_ties", "dare_linear", "breadcrumbs_ties", "della", "karcher"]
+FLAT_BLOCK_METHODS = [
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs_ties",
+    "della",
+    "karcher",
+    "sce",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +70,13 @@ def _config(method: str, family: list[Path], dtype: str | None = None) -> dict:
     p = [str(x) for x in family]
     if method == "karcher":  # every model counts, no base, no per-model parameters
         return {"merge_method": "karcher", "models": [{"model": m} for m in p]}
+    if method == "sce":  # no per-model parameters; selects half by variance
+        return {
+            "merge_method": "sce",
+            "base_model": p[0],
+            "models": [{"model": m} for m in p[1:]],
+            "parameters": {"select_topk": 0.5},
+        }
     cfg = {
         "merge_method": method,
         "base_model": p[0],
@@ -101,7 +116,7 @@ def test_streamed_jobs_merge_bit_for_bit(method, dtype, family, tmp_path):
     assert merger.cache.reserved == 0 and merger.pool._lent_bytes == 0
 
 
-@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "sce"])
 def test_streamed_float32_top_k_takes_its_strided_sample(method, family, tmp_path, monkeypatch):
     """float32 scores: the top-k samples every n/SAMPLE_SIZE-th score of the whole tensor."""
     monkeypatch.setattr(S, "SAMPLE_MIN_NUMEL", 1024)  # the tiny tensors take the sampled path
