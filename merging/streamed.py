@@ -55,13 +55,6 @@ class StreamedSource:
     def numel(self) -> int:
         return self.shape.numel()
 
-    def dim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return 0  # holds no more than a block
-
     def detach(self) -> StreamedSource:
         return self
 
