@@ -64,6 +64,13 @@ class Delta:
         """``|d|`` of a block in float32 (exact for 16-bit inputs): what top-k cuts compare."""
         return self.block(sl).abs_().to(P.accumulation_dtype(self.b.dtype))
 
+    def magnitudes(self, sl: slice) -> torch.Tensor:
+        """``|d|`` of a block in the narrowest dtype that orders exactly like ``scores``: the
+        16-bit floats themselves for 16-bit inputs (``scores`` is their exact float32 copy)."""
+        if self.x.dtype == self.b.dtype and self.b.dtype in (torch.bfloat16, torch.float16):
+            return self.block(sl).abs_()
+        return self.scores(sl)
+
     def magnitude_bits(self, sl: slice) -> torch.Tensor:
         """``|d|`` of a block of 16-bit floats as their bit patterns (``int16``, all >= 0)."""
         return self.block(sl).abs_().view(torch.int16)
@@ -163,7 +170,7 @@ def della(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     align = 8 // math.gcd(width, 8)
     rows = max(align, BLOCK // width // align * align)
     for sl in blocks(n, rows * width):
-        magnitudes = delta.scores(sl).view(-1, width)
+        magnitudes = delta.magnitudes(sl).view(-1, width)
         draws = g.uniform(magnitudes.numel()).view(magnitudes.shape)
         pack(P.della_keep(magnitudes, draws, density, epsilon).view(-1), bits, sl.start)
     return Stored(bits)

@@ -48,6 +48,14 @@ def test_stable_row_order_equals_a_stable_sort():
     rows = torch.randint(0, 9, (37, 300), generator=gen(3)).float().abs() / 3
     expected = torch.sort(rows, dim=1, stable=True).indices
     assert torch.equal(P.stable_row_order(rows), expected)
+    assert torch.equal(P.stable_row_order(rows.to(torch.bfloat16)), expected)  # int32 keys
+    assert torch.equal(P.stable_row_order(rows.to(torch.float16)), expected)
+
+
+def test_stable_row_order_of_rows_too_wide_for_int32_keys():
+    """Past 65536 columns a 16-bit row's keys need 32+ bits: the int64 path, same order."""
+    rows = torch.randint(0, 5, (2, 70_000), generator=gen(4)).float() / 4
+    expected = torch.sort(rows, dim=1, stable=True).indices
     assert torch.equal(P.stable_row_order(rows.to(torch.bfloat16)), expected)
 
 
