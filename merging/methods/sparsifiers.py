@@ -116,6 +116,9 @@ class Stored:
     inputs whatever the tensor's size."""
 
     bits: torch.Tensor  # uint8, NumPy's packbits order
+    # (sum |d|, sum of the kept |d|) when the pass that drew the mask summed them on its way
+    # (DELLA sees every |d| anyway): the L1 rescale then needs no pass of its own
+    l1: tuple[float, float] | None = None
 
     def _keep(self, sl: slice) -> torch.Tensor:
         first = sl.start // 8
@@ -169,11 +172,16 @@ def della(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     # whole rows per block (ranks are per row), a multiple of 8 entries (blocks start on a byte)
     align = 8 // math.gcd(width, 8)
     rows = max(align, BLOCK // width // align * align)
+    total = kept = 0.0
     for sl in blocks(n, rows * width):
         magnitudes = delta.magnitudes(sl).view(-1, width)
         draws = g.uniform(magnitudes.numel()).view(magnitudes.shape)
-        pack(P.della_keep(magnitudes, draws, density, epsilon).view(-1), bits, sl.start)
-    return Stored(bits)
+        keep = P.della_keep(magnitudes, draws, density, epsilon).view(-1)
+        pack(keep, bits, sl.start)
+        scores = magnitudes.view(-1).to(P.accumulation_dtype(magnitudes.dtype))
+        total += float(scores.sum())
+        kept += float(scores.mul_(keep).sum())
+    return Stored(bits, l1=(total, kept))
 
 
 Sparsifier = Callable[[Delta, Mapping[str, Any], Draws | None], KeepRule]

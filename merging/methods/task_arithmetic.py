@@ -34,12 +34,17 @@ from mergesearch.merging.methods.selection import BLOCK, blocks
 
 
 def _l1_rescale_factor(delta: SP.Delta, rule: SP.KeepRule) -> float:
-    """``||d||_1 / ||kept||_1`` (1 when either is below ``RESCALE_EPS``), block by block."""
-    before = after = 0.0
-    for sl in blocks(delta.numel):
-        scores = delta.scores(sl)
-        before += float(scores.sum())
-        after += float(scores.mul_(rule.mask(scores, sl)).sum())
+    """``||d||_1 / ||kept||_1`` (1 when either is below ``RESCALE_EPS``), block by block,
+    or from the sums the rule's own pass already took."""
+    known = rule.l1 if isinstance(rule, SP.Stored) else None
+    if known is not None:
+        before, after = known
+    else:
+        before = after = 0.0
+        for sl in blocks(delta.numel):
+            scores = delta.scores(sl)
+            before += float(scores.sum())
+            after += float(scores.mul_(rule.mask(scores, sl)).sum())
     if before < P.RESCALE_EPS or after < P.RESCALE_EPS:
         return 1.0
     return before / after

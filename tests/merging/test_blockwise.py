@@ -167,3 +167,20 @@ def test_kth_largest_counts_are_consistent():
     value, above, equal = S.kth_largest(scores.__getitem__, scores.numel(), k)
     assert above == int((scores > value).sum()) and equal == int((scores == value).sum())
     assert above < k <= above + equal
+
+
+def test_della_mask_carries_the_l1_sums_its_pass_took():
+    """DELLA sums |d| and the kept |d| while it draws: the rescale factor from those sums
+    equals the one a separate pass over the mask finds, up to float32 block rounding."""
+    from mergesearch.merging.methods import sparsifiers as SP
+    from mergesearch.merging.methods.task_arithmetic import _l1_rescale_factor
+
+    shape = (2 * S.BLOCK // 700 + 3, 700)  # rows of 700: DELLA's blocks are not BLOCK-sized
+    b = torch.randn(shape, generator=gen(6)).to(torch.bfloat16).reshape(-1)
+    x = (b.float() + torch.randn(shape, generator=gen(7)).reshape(-1) * 0.05).to(torch.bfloat16)
+    delta = SP.Delta(x, b, shape)
+    rule = SP.della(delta, {"density": 0.3, "epsilon": 0.1}, Draws(2))
+    assert rule.l1 is not None
+    passed = _l1_rescale_factor(delta, SP.Stored(rule.bits))  # no sums: the separate pass
+    assert passed != 1.0
+    assert _l1_rescale_factor(delta, rule) == pytest.approx(passed, rel=1e-6)
