@@ -333,7 +333,7 @@ class Merger:
                 yield _Part(job, (start, stop), stop == rows)
 
     def _streams(self, plan: MergePlan, job: TensorJob) -> bool:
-        if self.cache.store or not plan.method.flat_blocks or len(job.shape) < 1:
+        if self.cache.store or not plan.method.reads_flat_blocks(job.params) or not job.shape:
             return False
         inputs, _ = self._job_shares(plan, job)
         return inputs > self.cache.max_bytes // 2

@@ -17,7 +17,7 @@ Adding a method is adding one module that calls ``register``: no if-chain anywhe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -89,8 +89,13 @@ class MergeMethod:
     result_in_base: bool = False
     # the method reads its inputs and base only as flat blocks (``t.reshape(-1)[start:stop]``,
     # plus numel, dtype and shape): the engine may hand it sources that read each block from
-    # disk when asked (``merging.streamed``) instead of whole tensors
-    flat_blocks: bool = False
+    # disk when asked (``merging.streamed``) instead of whole tensors; or a function of a
+    # tensor's global parameters, for a method whose layout depends on one (nuslerp's flatten)
+    flat_blocks: bool | Callable[[Mapping[str, Any]], bool] = False
+
+    def reads_flat_blocks(self, params: Mapping[str, Any]) -> bool:
+        """Whether a tensor merged with ``params`` may get streamed sources (``flat_blocks``)."""
+        return self.flat_blocks(params) if callable(self.flat_blocks) else self.flat_blocks
 
 
 METHODS: dict[str, MergeMethod] = {}

@@ -37,29 +37,30 @@ def _mean_cosine(dots: dict[tuple[int, int], torch.Tensor], n: int) -> torch.Ten
     return torch.stack(cosines).mean(dim=0)
 
 
+def _flat_dots(
+    flats: list[torch.Tensor], flat_b: torch.Tensor
+) -> dict[tuple[int, int], torch.Tensor]:
+    """Every dot product of the offsets ``x_i - b`` of whole flat tensors: partial sums per
+    block, added in float64. No offset of the full size is ever held."""
+    keys = [*combinations(range(len(flats)), 2), *_squares(len(flats))]
+    acc = P.accumulation_dtype(flat_b.dtype)
+    sums = dict.fromkeys(keys, 0.0)
+    for sl in blocks(flat_b.numel()):
+        offsets = [torch.sub(x[sl], flat_b[sl]).to(acc) for x in flats]
+        for i, j in keys:
+            sums[i, j] += float(dot(offsets[i], offsets[j]))
+    return {k: torch.tensor([v], dtype=acc) for k, v in sums.items()}
+
+
 def _blockwise_dots(
     rows: list[torch.Tensor], b: torch.Tensor
 ) -> dict[tuple[int, int], torch.Tensor]:
-    """Every dot product of the offsets ``x_i - b`` per row, over blocks of the flat data.
-
-    One row (the whole tensor): partial sums per block, added in float64. Several rows (filter
-    wise): blocks of whole rows. No offset of the full size is ever held.
-    """
-    n_rows, width = b.shape
+    """Every dot product of the offsets ``x_i - b`` per row (filter wise), over blocks of
+    whole rows. No offset of the full size is ever held."""
     keys = [*combinations(range(len(rows)), 2), *_squares(len(rows))]
-    acc = P.accumulation_dtype(b.dtype)
-    if n_rows == 1:
-        flat_b = b.reshape(-1)
-        flats = [x.reshape(-1) for x in rows]
-        sums = dict.fromkeys(keys, 0.0)
-        for sl in blocks(width):
-            offsets = [torch.sub(x[sl], flat_b[sl]).to(acc) for x in flats]
-            for i, j in keys:
-                sums[i, j] += float(dot(offsets[i], offsets[j]))
-        return {k: torch.tensor([v], dtype=acc) for k, v in sums.items()}
     parts: dict[tuple[int, int], list[torch.Tensor]] = {k: [] for k in keys}
-    step = max(1, BLOCK // width)
-    for start in range(0, n_rows, step):
+    step = max(1, BLOCK // b.shape[1])
+    for start in range(0, b.shape[0], step):
         offsets = [torch.sub(x[start : start + step], b[start : start + step]) for x in rows]
         for i, j in keys:
             parts[i, j].append(dot(offsets[i], offsets[j]))
@@ -75,29 +76,49 @@ def model_stock(
 ) -> torch.Tensor:
     if base is None or len(inputs) < 2:
         raise ConfigError("model_stock needs base_model and at least two other models")
-    # One vector per tensor, or one per row (last dim) with filter_wise; 1-D tensors are one row.
-    width = base.shape[-1] if params["filter_wise"] and base.dim() >= 1 else base.numel()
+    if not params["filter_wise"]:
+        return _one_ratio(inputs, base)
+    # One vector per row (last dim); a 1-D tensor is one row.
+    width = base.shape[-1] if base.dim() >= 1 else base.numel()
     rows = [x.detach().reshape(-1, width) for x in inputs]
     b = base.detach().reshape(-1, width)
-    n = len(inputs)
-    cos = _mean_cosine(_blockwise_dots(rows, b), n)
+    if b.shape[0] == 1:
+        return _one_ratio(inputs, base)
+    t = _ratio(_blockwise_dots(rows, b), len(inputs))
+    out = buffers.empty_like(b, reuse=b)  # each block of b is read before it is written
+    step = max(1, BLOCK // width)
+    for start in range(0, b.shape[0], step):
+        rs = slice(start, start + step)
+        average = sum(x[rs] for x in rows) / len(inputs)
+        out[rs] = t[rs] * average + (1 - t[rs]) * b[rs]
+    return out.reshape(base.shape)
+
+
+def _ratio(dots: dict[tuple[int, int], torch.Tensor], n: int) -> torch.Tensor:
+    """Model Stock's interpolation ratio per vector, as a column: ``n cos / (1 + (n - 1) cos)``."""
+    cos = _mean_cosine(dots, n)
     t = (n * cos) / (1 + (n - 1) * cos)
     # Unit offsets summing to zero make the denominator 0; stay at the base there.
-    t = torch.where(torch.isfinite(t), t, torch.zeros_like(t)).unsqueeze(-1)
-    out = buffers.empty_like(b, reuse=b)  # each block of b is read before it is written
-    if t.shape[0] == 1:  # one ratio for the tensor: blocks of the flat data
-        flat_out, flat_b, flats = out.reshape(-1), b.reshape(-1), [x.reshape(-1) for x in rows]
-        ratio = t.reshape(1)
-        for sl in blocks(flat_b.numel()):
-            average = sum(x[sl] for x in flats) / n
-            flat_out[sl] = ratio * average + (1 - ratio) * flat_b[sl]
-    else:
-        step = max(1, BLOCK // width)
-        for start in range(0, b.shape[0], step):
-            rs = slice(start, start + step)
-            average = sum(x[rs] for x in rows) / n
-            out[rs] = t[rs] * average + (1 - t[rs]) * b[rs]
+    return torch.where(torch.isfinite(t), t, torch.zeros_like(t)).unsqueeze(-1)
+
+
+def _one_ratio(inputs: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    """The whole tensor as one vector: dot products and the result over flat blocks only, so
+    the engine may stream the inputs (``MergeMethod.flat_blocks``)."""
+    flat_b = base.detach().reshape(-1)
+    flats = [x.detach().reshape(-1) for x in inputs]
+    n = len(inputs)
+    ratio = _ratio(_flat_dots(flats, flat_b), n).reshape(1)
+    out = buffers.empty_like(flat_b, reuse=flat_b)  # each block of b is read before written
+    for sl in blocks(flat_b.numel()):
+        average = sum(x[sl] for x in flats) / n
+        out[sl] = ratio * average + (1 - ratio) * flat_b[sl]
     return out.reshape(base.shape)
+
+
+def _one_vector(params: Mapping[str, Any]) -> bool:
+    """Without filter_wise each tensor is one vector, read as flat blocks only."""
+    return not params["filter_wise"]
 
 
 register(
@@ -108,6 +129,7 @@ register(
         global_params={"filter_wise": False},
         min_inputs=2,
         result_in_base=True,
+        flat_blocks=_one_vector,
         description=(
             "interpolation from the base towards the models' average by the mean angle "
             "between their fine-tuning offsets (Model Stock)"

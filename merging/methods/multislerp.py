@@ -84,5 +84,6 @@ register(
         global_params={"normalize_weights": True, "eps": 1e-8},
         min_inputs=1,
         description="weighted spherical barycentre of N models (or of their task vectors)",
+        flat_blocks=True,  # the Gram pass and the combination read flat blocks only
     )
 )

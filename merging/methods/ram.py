@@ -133,6 +133,7 @@ register(
         min_inputs=0,
         result_in_base=True,
         description="ram with each model's unique changes scaled up by its overlap ratio",
+        flat_blocks=True,  # the count and the merge read flat blocks only
         paper=PAPER,
     )
 )

@@ -53,8 +53,15 @@ register(
         description="spherical interpolation from the base (t=0) to the other model (t=1)",
         paper="",  # Shoemake's quaternion slerp (SIGGRAPH 1985) has no arXiv version
         base_name="t=0 end",
+        flat_blocks=True,  # the dot products and the combination read flat blocks only
     )
 )
+
+
+def _flattens(params: Mapping[str, Any]) -> bool:
+    """nuslerp reads flat blocks only when it treats each tensor as one vector."""
+    return bool(params["nuslerp_flatten"])
+
 
 register(
     MergeMethod(
@@ -69,5 +76,6 @@ register(
             "spherical interpolation of two models (or of their task vectors over the base) "
             "with t = w1 / (w0 + w1)"
         ),
+        flat_blocks=_flattens,
     )
 )

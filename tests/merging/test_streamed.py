@@ -22,6 +22,11 @@ FLAT_BLOCK_METHODS = [
     "della",
     "karcher",
     "sce",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "ramplus_tl",
+    "model_stock",
 ]
 
 
@@ -70,12 +75,30 @@ def _config(method: str, family: list[Path], dtype: str | None = None) -> dict:
     p = [str(x) for x in family]
     if method == "karcher":  # every model counts, no base, no per-model parameters
         return {"merge_method": "karcher", "models": [{"model": m} for m in p]}
-    if method == "sce":  # no per-model parameters; selects half by variance
+    # no per-model parameters: ramplus_tl's epsilon splits the noise, sce selects half
+    global_only = {"ramplus_tl": {"epsilon": 0.01}, "sce": {"select_topk": 0.5}, "model_stock": {}}
+    if method in global_only:
         return {
-            "merge_method": "sce",
+            "merge_method": method,
             "base_model": p[0],
             "models": [{"model": m} for m in p[1:]],
-            "parameters": {"select_topk": 0.5},
+            "parameters": global_only[method],
+        }
+    if method == "slerp":  # the base and one model
+        return {
+            "merge_method": "slerp",
+            "base_model": p[0],
+            "models": [{"model": p[1]}],
+            "parameters": {"t": 0.3},
+        }
+    if method in ("nuslerp", "multislerp"):  # task vectors over the base, by weight
+        return {
+            "merge_method": method,
+            "base_model": p[0],
+            "models": [
+                {"model": m, "parameters": {"weight": w}}
+                for m, w in zip(p[1:], (0.6, 0.4), strict=True)
+            ],
         }
     cfg = {
         "merge_method": method,
@@ -149,16 +172,13 @@ def test_a_streamed_job_reserves_its_result_not_its_inputs(family, tmp_path):
 def test_methods_that_need_whole_tensors_never_stream(family):
     p = [str(x) for x in family]
     configs = [
-        {
-            "merge_method": "slerp",
-            "base_model": p[0],
-            "models": [{"model": p[1]}],
-            "parameters": {"t": 0.5},
+        {  # one vector per row: rows are not flat blocks
+            **_config("nuslerp", family),
+            "parameters": {"nuslerp_flatten": False},
         },
-        {
-            "merge_method": "model_stock",
-            "base_model": p[0],
-            "models": [{"model": m} for m in p[1:]],
+        {  # a ratio per row: rows are not flat blocks
+            **_config("model_stock", family),
+            "parameters": {"filter_wise": True},
         },
         {
             "merge_method": "linear",
