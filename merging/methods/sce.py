@@ -28,7 +28,12 @@ from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
 from mergesearch.merging.methods.draws import Draws
-from mergesearch.merging.methods.selection import TopK, blocks, select_top_k
+from mergesearch.merging.methods.selection import (
+    TopK,
+    blocks,
+    select_top_k,
+    select_top_share_of_nonzero,
+)
 
 WEIGHT_SUM_FLOOR = 1e-6  # below it the energies are noise: equal weights
 DIVISOR_FLOOR = 1e-6
@@ -51,8 +56,7 @@ def select(deltas: list[SP.Delta], select_topk: float) -> TopK | None:
     n = deltas[0].numel
     if select_topk <= 0:
         return select_top_k(lambda sl: variance(deltas, sl), n, 0)
-    nonzero = sum(int(torch.count_nonzero(variance(deltas, sl))) for sl in blocks(n))
-    return select_top_k(lambda sl: variance(deltas, sl), n, int(nonzero * select_topk))
+    return select_top_share_of_nonzero(lambda sl: variance(deltas, sl), n, select_topk)
 
 
 def sce(

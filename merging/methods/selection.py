@@ -113,16 +113,72 @@ def select_top_k(source: ScoreSource, n: int, k: int, *, bits16: Bits16 | None =
     else:
         value, above, equal = kth_largest(source, n, k)
         scan, target = source, value
+    start, seen = counted.ties_before(k - above) if counted is not None else (0, 0)
+    return _with_tie_limit(scan, target, n, k, (value, above, equal), start, seen)
+
+
+def _with_tie_limit(
+    scan: Callable[[slice], torch.Tensor],
+    target: float | int,
+    n: int,
+    k: int,
+    kth: tuple[float, int, int],
+    start: int = 0,
+    seen: int = 0,
+) -> TopK:
+    """The rule for the ``k``-th largest ``(value, above, equal)``: when only some of the
+    scores equal to it are in the top k, the flat index after the last of those (found by
+    scanning ``scan(sl) == target`` from ``start``, ``seen`` of them before it)."""
+    value, above, equal = kth
     ties = k - above  # how many entries equal to value are in the top k (>= 1)
     if ties >= equal:
         return TopK(value, n)
-    start, seen = counted.ties_before(ties) if counted is not None else (0, 0)
     for sl in blocks(n, start=start):
         where = torch.nonzero(scan(sl) == target).squeeze(1)
         if seen + where.numel() >= ties:
             return TopK(value, sl.start + int(where[ties - seen - 1]) + 1)
         seen += where.numel()
     raise AssertionError("unreachable: fewer equal scores than counted")
+
+
+def select_top_share_of_nonzero(source: ScoreSource, n: int, share: float) -> TopK:
+    """``select_top_k(source, n, floor(share * nonzero))``, ``nonzero`` the count of nonzero
+    scores (sce keeps a share of the variances that are not 0), counting and bracketing in one
+    pass over the scores.
+
+    Counting first would cost a pass of its own, and for sce every pass recomputes the variance
+    from every model's task vector. So the sample estimates the nonzero share too, the bracket
+    is widened by that estimate's error, and the pass counts the nonzero scores while it counts
+    and gathers as ``kth_largest`` does. When the exact ``k`` falls outside the band (a sample
+    that misleads), ``kth_largest`` runs with it: a second pass, the same answer.
+    """
+    if n < SAMPLE_MIN_NUMEL:
+        scores = source(slice(None))
+        return select_top_k(scores.__getitem__, n, int(int(torch.count_nonzero(scores)) * share))
+    sample = source(slice(None, None, n // SAMPLE_SIZE))
+    m = sample.numel()
+    nonzero_share = int(torch.count_nonzero(sample)) / m
+    q = 1.0 - share * nonzero_share  # estimated quantile of the answer among all scores
+    spread = math.sqrt(max(q * (1.0 - q), 1.0 / m) / m)
+    spread += share * math.sqrt(max(nonzero_share * (1.0 - nonzero_share), 1.0 / m) / m)
+    lo, hi = _sample_bracket(sample, q, 6.0 * spread + 2.0 / m)
+    nonzero = above_hi = 0
+    parts: list[torch.Tensor] = []
+    for sl in blocks(n):
+        scores = source(sl)
+        nonzero += int(torch.count_nonzero(scores))
+        above_hi += int(torch.count_nonzero(scores > hi))
+        parts.append(scores[(scores >= lo) & (scores <= hi)])
+    k = int(nonzero * share)
+    if k <= 0 or k >= n:
+        return select_top_k(source, n, k)
+    band = torch.cat(parts)
+    need = k - above_hi  # rank of the answer, counted from the top of the band
+    if 1 <= need <= band.numel():
+        kth = _counted(band, band.numel() - need + 1, above_hi)
+    else:
+        kth = kth_largest(source, n, k)
+    return _with_tie_limit(source, kth[0], n, k, kth)
 
 
 @dataclass(frozen=True)
@@ -191,11 +247,9 @@ def kth_largest(source: ScoreSource, n: int, k: int) -> tuple[float, int, int]:
         sample = source(slice(None, None, n // SAMPLE_SIZE))
         m = sample.numel()
         q = 1.0 - k / n  # quantile of the answer among all scores
-        margin = 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
-        lo_rank = min(m, max(1, math.floor((q - margin) * m)))
-        hi_rank = min(m, max(1, math.ceil((q + margin) * m)))
-        lo = float(torch.kthvalue(sample, lo_rank).values)
-        hi = float(torch.kthvalue(sample, hi_rank).values)
+        lo, hi = _sample_bracket(
+            sample, q, 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
+        )
         above_hi = 0
         parts: list[torch.Tensor] = []
         for sl in blocks(n):
@@ -207,6 +261,16 @@ def kth_largest(source: ScoreSource, n: int, k: int) -> tuple[float, int, int]:
         if 1 <= need <= band.numel():
             return _counted(band, band.numel() - need + 1, above_hi)
     return _counted(source(slice(None)), n - k + 1, 0)
+
+
+def _sample_bracket(sample: torch.Tensor, q: float, margin: float) -> tuple[float, float]:
+    """The sample's values at quantiles ``q - margin`` and ``q + margin``."""
+    m = sample.numel()
+    lo_rank = min(m, max(1, math.floor((q - margin) * m)))
+    hi_rank = min(m, max(1, math.ceil((q + margin) * m)))
+    return float(torch.kthvalue(sample, lo_rank).values), float(
+        torch.kthvalue(sample, hi_rank).values
+    )
 
 
 def _counted(scores: torch.Tensor, rank: int, above_offset: int) -> tuple[float, int, int]:

@@ -169,6 +169,44 @@ def test_kth_largest_counts_are_consistent():
     assert above < k <= above + equal
 
 
+def _scores(kind: str) -> torch.Tensor:
+    n = S.SAMPLE_MIN_NUMEL + 11
+    if kind == "continuous":  # a third exactly zero (sce: models that agree)
+        scores = torch.rand(n, generator=gen(40))
+        scores[torch.rand(n, generator=gen(41)) < 1 / 3] = 0.0
+    elif kind == "ties":  # a coarse grid: the cut falls inside a run of equal scores
+        scores = torch.randint(0, 50, (n,), generator=gen(42)).float()
+    else:  # "misleading": every sample point is 0, so the sample sees no nonzero score
+        scores = torch.rand(n, generator=gen(43)) + 1.0
+        scores[:: n // S.SAMPLE_SIZE] = 0.0
+    return scores
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "misleading"])
+@pytest.mark.parametrize("share", [0.01, 0.5, 0.97])
+def test_top_share_of_nonzero_counts_and_selects_in_one_pass(kind, share):
+    """sce's rule: the top floor(share * nonzero) scores, the same rule (tie limit included) as
+    counting first and selecting after, with one pass over the scores where the sample
+    brackets the answer, a second only where it misleads, and the tie scan where the cut
+    falls inside equal scores."""
+    scores = _scores(kind)
+    n = scores.numel()
+    passes = []
+
+    def source(sl: slice) -> torch.Tensor:
+        if sl == slice(0, S.BLOCK):
+            passes.append(sl)
+        return scores[sl]
+
+    rule = S.select_top_share_of_nonzero(source, n, share)
+    k = int(int(torch.count_nonzero(scores)) * share)
+    assert rule == S.select_top_k(scores.__getitem__, n, k)
+    assert int(rule.mask(scores).sum()) == k
+    tie_scan = rule.tie_limit < n  # the cut falls inside equal scores: find where it ends
+    assert len(passes) == 1 + (kind == "misleading") + tie_scan
+    assert tie_scan == (kind == "ties")
+
+
 def test_della_mask_carries_the_l1_sums_its_pass_took():
     """DELLA sums |d| and the kept |d| while it draws: the rescale factor from those sums
     equals the one a separate pass over the mask finds, up to float32 block rounding."""
