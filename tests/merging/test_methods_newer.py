@@ -255,6 +255,30 @@ def test_sce_large_tensor_selects_exactly_what_a_whole_tensor_top_k_selects():
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
+def ref_sce_with_ties(base, xs, select_topk):
+    """sce as written, whole tensors: equal variances at the cut go lowest index first."""
+    ds = torch.stack([x - base for x in xs])
+    var = torch.var(ds, dim=0, unbiased=False)
+    k = int(int(torch.count_nonzero(var)) * select_topk)
+    keep = torch.zeros(var.numel(), dtype=torch.bool)
+    keep[torch.sort(var, descending=True, stable=True).indices[:k]] = True
+    ds = ds * keep
+    w = (ds.square().mean(dim=1) / ds.square().mean(dim=1).sum())[:, None]
+    agree = torch.where(ds.sum(0) >= 0, ds > 0, ds < 0)
+    return base + (ds * w * agree).sum(0) / (w * agree).sum(0).clamp(min=1e-6)
+
+
+def test_sce_on_coarse_task_vectors_keeps_ties_lowest_index_first():
+    """Task vectors on a grid (as 16-bit fine-tunes give): many equal variances, and the top-k
+    cuts one run of them, through the sampled one-pass selection of a large tensor."""
+    n = S.SAMPLE_MIN_NUMEL + 4321
+    base = rand(n, seed=25)
+    grid = torch.Generator().manual_seed(26)
+    xs = [base + torch.randint(-2, 3, (n,), generator=grid).float() / 64 for _ in range(3)]
+    out = run("sce", xs, base=base, select_topk=0.35)
+    torch.testing.assert_close(out, ref_sce_with_ties(base, xs, 0.35), rtol=0, atol=1e-6)
+
+
 # --- nearswap -----------------------------------------------------------------------------------
 
 
