@@ -92,7 +92,7 @@ def arcee_fusion(
 ) -> torch.Tensor:
     b, x = P.base_and_other("arcee_fusion", inputs, base)
     assert base is not None  # checked by base_and_other
-    width = max(1, base.shape[-1]) if base.dim() >= 1 else 1
+    width = max(1, base.shape[-1]) if len(base.shape) >= 1 else 1
     importance = Importance(x, b, width)
     threshold = float(fusion_threshold(importance))
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
@@ -111,6 +111,7 @@ register(
         min_inputs=1,
         max_inputs=1,
         result_in_base=True,
+        flat_blocks=True,  # rows as flat slices, the quartiles' sample by stride
         description="keep the other model's changes whose KL-weighted size is an outlier",
     )
 )

@@ -27,6 +27,7 @@ FLAT_BLOCK_METHODS = [
     "multislerp",
     "ramplus_tl",
     "model_stock",
+    "arcee_fusion",
 ]
 
 
@@ -84,12 +85,12 @@ def _config(method: str, family: list[Path], dtype: str | None = None) -> dict:
             "models": [{"model": m} for m in p[1:]],
             "parameters": global_only[method],
         }
-    if method == "slerp":  # the base and one model
+    if method in ("slerp", "arcee_fusion"):  # the base and one model
         return {
-            "merge_method": "slerp",
+            "merge_method": method,
             "base_model": p[0],
             "models": [{"model": p[1]}],
-            "parameters": {"t": 0.3},
+            "parameters": {"t": 0.3} if method == "slerp" else {},
         }
     if method in ("nuslerp", "multislerp"):  # task vectors over the base, by weight
         return {
@@ -139,7 +140,7 @@ def test_streamed_jobs_merge_bit_for_bit(method, dtype, family, tmp_path):
     assert merger.cache.reserved == 0 and merger.pool._lent_bytes == 0
 
 
-@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "sce"])
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "sce", "arcee_fusion"])
 def test_streamed_float32_top_k_takes_its_strided_sample(method, family, tmp_path, monkeypatch):
     """float32 scores: the top-k samples every n/SAMPLE_SIZE-th score of the whole tensor."""
     monkeypatch.setattr(S, "SAMPLE_MIN_NUMEL", 1024)  # the tiny tensors take the sampled path
