@@ -162,22 +162,11 @@ def select_top_share_of_nonzero(source: ScoreSource, n: int, share: float) -> To
     spread = math.sqrt(max(q * (1.0 - q), 1.0 / m) / m)
     spread += share * math.sqrt(max(nonzero_share * (1.0 - nonzero_share), 1.0 / m) / m)
     lo, hi = _sample_bracket(sample, q, 6.0 * spread + 2.0 / m)
-    nonzero = above_hi = 0
-    parts: list[torch.Tensor] = []
-    for sl in blocks(n):
-        scores = source(sl)
-        nonzero += int(torch.count_nonzero(scores))
-        above_hi += int(torch.count_nonzero(scores > hi))
-        parts.append(scores[(scores >= lo) & (scores <= hi)])
+    above_hi, band, nonzero = _band_pass(source, n, lo, hi, count_nonzero=True)
     k = int(nonzero * share)
     if k <= 0 or k >= n:
         return select_top_k(source, n, k)
-    band = torch.cat(parts)
-    need = k - above_hi  # rank of the answer, counted from the top of the band
-    if 1 <= need <= band.numel():
-        kth = _counted(band, band.numel() - need + 1, above_hi)
-    else:
-        kth = kth_largest(source, n, k)
+    kth = _from_band(band, above_hi, k) or kth_largest(source, n, k)
     return _with_tie_limit(source, kth[0], n, k, kth)
 
 
@@ -250,17 +239,35 @@ def kth_largest(source: ScoreSource, n: int, k: int) -> tuple[float, int, int]:
         lo, hi = _sample_bracket(
             sample, q, 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
         )
-        above_hi = 0
-        parts: list[torch.Tensor] = []
-        for sl in blocks(n):
-            scores = source(sl)
-            above_hi += int(torch.count_nonzero(scores > hi))
-            parts.append(scores[(scores >= lo) & (scores <= hi)])
-        band = torch.cat(parts)
-        need = k - above_hi  # rank of the answer, counted from the top of the band
-        if 1 <= need <= band.numel():
-            return _counted(band, band.numel() - need + 1, above_hi)
+        above_hi, band, _ = _band_pass(source, n, lo, hi)
+        kth = _from_band(band, above_hi, k)
+        if kth is not None:
+            return kth
     return _counted(source(slice(None)), n - k + 1, 0)
+
+
+def _band_pass(
+    source: ScoreSource, n: int, lo: float, hi: float, *, count_nonzero: bool = False
+) -> tuple[int, torch.Tensor, int]:
+    """One pass over the scores: how many lie above ``hi``, those in ``[lo, hi]``, and (when
+    asked) how many are nonzero."""
+    above_hi = nonzero = 0
+    parts: list[torch.Tensor] = []
+    for sl in blocks(n):
+        scores = source(sl)
+        if count_nonzero:
+            nonzero += int(torch.count_nonzero(scores))
+        above_hi += int(torch.count_nonzero(scores > hi))
+        parts.append(scores[(scores >= lo) & (scores <= hi)])
+    return above_hi, torch.cat(parts), nonzero
+
+
+def _from_band(band: torch.Tensor, above_hi: int, k: int) -> tuple[float, int, int] | None:
+    """The ``k``-th largest from a band pass, or None when the bracket missed it."""
+    need = k - above_hi  # rank of the answer, counted from the top of the band
+    if 1 <= need <= band.numel():
+        return _counted(band, band.numel() - need + 1, above_hi)
+    return None
 
 
 def _sample_bracket(sample: torch.Tensor, q: float, margin: float) -> tuple[float, float]:
