@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from mergesearch.merging import buffers
@@ -113,26 +114,24 @@ def stable_row_order(values: torch.Tensor) -> torch.Tensor:
     """Indices that sort each row of a 2-D tensor of non-negative floats ascending, equal values
     by index (a stable argsort along dim 1).
 
-    The bits of a non-negative float order like its value, so ``bits << b | column`` are
-    distinct integer keys whose plain sort is that stable order; NumPy sorts integers with SIMD,
-    several times faster than ``torch.sort(stable=True)`` on float rows (a sort per row is most
-    of DELLA's time; ``bench/RESULTS_merge.md``). A 16-bit float has 15 bits of magnitude, so
-    with rows up to 65536 wide its keys fit int32, which sorts twice as fast as int64 (twice the
-    keys per SIMD register); float32 keys take int64.
+    The bits of a non-negative float order like its value, so integer sorts give the order
+    (a sort per row is most of DELLA's time; ``bench/RESULTS_scale.md``). A 16-bit float's
+    bits are an ``int16``, which NumPy's stable argsort orders by radix sort: about 4 ns an
+    element whatever the row's width, against 10-15 for a comparison sort of packed keys. A
+    float32 row sorts ``bits << b | column`` (distinct int64 keys, so a plain SIMD sort is
+    stable), still several times faster than ``torch.sort(stable=True)``.
     """
     rows, width = values.shape
     if values.dtype == torch.float64 or rows * width == 0:
         return torch.sort(values, dim=1, stable=True).indices
+    if values.dtype in (torch.bfloat16, torch.float16):
+        bits = values.contiguous().view(torch.int16).numpy()
+        return torch.from_numpy(np.argsort(bits, axis=1, kind="stable"))  # radix, GIL released
     shift = max(1, (width - 1).bit_length())
-    if values.dtype in (torch.bfloat16, torch.float16) and shift <= 16:
-        keys = values.contiguous().view(torch.int16).to(torch.int32)
-        columns = torch.arange(width, dtype=torch.int32)
-    else:
-        keys = values.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
-        columns = torch.arange(width)
-    keys.bitwise_left_shift_(shift).bitwise_or_(columns)
+    keys = values.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    keys.bitwise_left_shift_(shift).bitwise_or_(torch.arange(width))
     keys.numpy().sort(axis=1)  # in place; NumPy releases the GIL while it sorts
-    return keys.bitwise_and_((1 << shift) - 1).to(torch.int64)
+    return keys.bitwise_and_((1 << shift) - 1)
 
 
 def dot(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:

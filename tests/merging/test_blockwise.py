@@ -48,14 +48,16 @@ def test_stable_row_order_equals_a_stable_sort():
     rows = torch.randint(0, 9, (37, 300), generator=gen(3)).float().abs() / 3
     expected = torch.sort(rows, dim=1, stable=True).indices
     assert torch.equal(P.stable_row_order(rows), expected)
-    assert torch.equal(P.stable_row_order(rows.to(torch.bfloat16)), expected)  # int32 keys
+    assert torch.equal(P.stable_row_order(rows.to(torch.bfloat16)), expected)  # radix of bits
     assert torch.equal(P.stable_row_order(rows.to(torch.float16)), expected)
 
 
-def test_stable_row_order_of_rows_too_wide_for_int32_keys():
-    """Past 65536 columns a 16-bit row's keys need 32+ bits: the int64 path, same order."""
+def test_stable_row_order_of_rows_wider_than_16_bits_of_column():
+    """Past 65536 columns: float32 keys need the column's 17 bits, the 16-bit radix path none;
+    both keep the stable order among the many ties."""
     rows = torch.randint(0, 5, (2, 70_000), generator=gen(4)).float() / 4
     expected = torch.sort(rows, dim=1, stable=True).indices
+    assert torch.equal(P.stable_row_order(rows), expected)
     assert torch.equal(P.stable_row_order(rows.to(torch.bfloat16)), expected)
 
 
