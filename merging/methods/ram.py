@@ -13,6 +13,7 @@ Two passes over blocks for ramplus_tl (count, then merge), one for ram.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,48 +29,84 @@ from mergesearch.merging.methods.selection import blocks
 
 
 def _active(deltas: list[SP.Delta], sl: slice, epsilon: float):
-    """The block's task vectors (zeroed where inactive), activity masks and active counts."""
+    """The block's task vectors, their magnitudes zeroed where inactive, and the 0/1 activity
+    of each model, all float.
+
+    Float arithmetic instead of bool masks (``threshold`` keeps ``|d| > epsilon``, its sign
+    is the activity): on CPU a bool mask costs several times a float op per element, and this
+    block is all of ram's time. A negative ``epsilon`` makes every element active, zeros too.
+    """
     acc = P.accumulation_dtype(deltas[0].b.dtype)
     ds = [d.block(sl).to(acc) for d in deltas]
-    active = [d.abs() > epsilon for d in ds]
-    count = active[0].to(torch.int8 if len(ds) < 128 else torch.int32)
+    kept = [torch.threshold(d.abs(), epsilon, 0.0) for d in ds]
+    active = [torch.sign(k) if epsilon >= 0 else torch.ones_like(k) for k in kept]
+    return ds, kept, active
+
+
+def _count(active: list[torch.Tensor]) -> torch.Tensor:
+    """How many models are active at each element (float; exact: small integers)."""
+    count = active[0].clone()
     for a in active[1:]:
-        count = count + a
-    return [d.mul_(a) for d, a in zip(ds, active, strict=True)], active, count
+        count.add_(a)
+    return count
 
 
 def unique_scales(deltas: list[SP.Delta], epsilon: float, r: float, alpha: float) -> list[float]:
     """ramplus_tl's ``lambda_i`` from model i's shared and unique active elements."""
-    shared = [0] * len(deltas)
+    total = [0] * len(deltas)
     unique = [0] * len(deltas)
     for sl in blocks(deltas[0].numel):
-        _, active, count = _active(deltas, sl, epsilon)
-        alone, together = count == 1, count > 1
-        for i, a in enumerate(active):
-            shared[i] += int(torch.count_nonzero(a & together))
-            unique[i] += int(torch.count_nonzero(a & alone))
+        _, _, active = _active(deltas, sl, epsilon)
+        alone = _count(active).eq_(1)  # 1.0 where one model is active
+        for i, a in enumerate(active):  # sums of 0/1 floats: exact below 2**24 (a block)
+            total[i] += int(a.sum())
+            unique[i] += int(P.dot(a, alone))
+    shared = [t - u for t, u in zip(total, unique, strict=True)]
     return [
-        1.0 + r * min(max(s / max(u, epsilon), 0.0), alpha)
+        1.0 + r * min(max(_overlap(s, u, epsilon), 0.0), alpha)
         for s, u in zip(shared, unique, strict=True)
     ]
+
+
+def _overlap(shared: int, unique: int, epsilon: float) -> float:
+    """``shared / max(unique, epsilon)``; with ``epsilon`` 0 and no unique element, a model
+    that shares changes has infinite overlap (clamped to ``alpha``), one with none has 0."""
+    denominator = max(unique, epsilon)
+    if denominator > 0:
+        return shared / denominator
+    return math.inf if shared > 0 else 0.0
 
 
 def disjoint_merge(
     inputs: list[torch.Tensor], base: torch.Tensor, epsilon: float, scales: Sequence[float]
 ) -> torch.Tensor:
-    """``b + sum_i active d_i * (scale_i where c = 1, 1 / c where c > 1)``, block by block."""
+    """``b + sum_i active d_i * (scale_i where c = 1, 1 / c where c > 1)``, block by block.
+
+    Each active ``d_i`` is divided by ``max(c, 1)``; where one model alone is active the sum
+    is that model's ``d_j``, which one multiply by ``sum_i active_i scale_i`` (that is
+    ``scale_j`` there, exactly) scales, instead of a select per model.
+    """
     b = base.detach().reshape(-1)
     deltas = [SP.Delta(x.detach().reshape(-1), b, tuple(base.shape)) for x in inputs]
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
+    scaled = any(s != 1.0 for s in scales)
     for sl in blocks(b.numel()):
-        ds, _, count = _active(deltas, sl, epsilon)
-        alone = count == 1
-        share = count.clamp(min=1).to(ds[0].dtype)
+        ds, kept, active = _active(deltas, sl, epsilon)
+        count = _count(active)
+        unique_scale = None
+        if scaled:  # sum_i active_i scale_i, then 1 wherever c != 1
+            unique_scale = torch.zeros_like(count)
+            for a, scale in zip(active, scales, strict=True):
+                unique_scale.add_(a, alpha=scale)
+            unique_scale = torch.where(count == 1, unique_scale, 1.0)
+        share = count.clamp_(min=1)
         mixed = None
-        for d, scale in zip(ds, scales, strict=True):
-            term = torch.where(alone, d * scale if scale != 1.0 else d, d / share)
+        for k, d in zip(kept, ds, strict=True):
+            term = k.copysign_(d).div_(share)
             mixed = term if mixed is None else mixed.add_(term)
         assert mixed is not None
+        if unique_scale is not None:
+            mixed.mul_(unique_scale)
         torch.add(b[sl], mixed, out=out[sl])
     return out.reshape(base.shape)
 

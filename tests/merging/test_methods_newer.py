@@ -396,6 +396,27 @@ def test_ramplus_tl_golden(r, alpha, epsilon, n_models):
     close(out, ref_ram(xs, base, epsilon, r, alpha))
 
 
+def test_ram_activity_is_strictly_above_epsilon():
+    """Changes of exactly +-epsilon are inactive, larger ones active, in 16-bit inputs too."""
+    base = torch.zeros(4, 3)
+    xs = [
+        torch.tensor([[0.25, -0.25, 0.5], [0.5, 0.0, -0.5], [0.25, 0.5, 0.0], [-1.0, 0.25, 0.5]]),
+        torch.tensor([[0.5, 0.25, 0.0], [-0.5, 0.5, -0.25], [0.0, 0.5, 1.0], [0.25, -0.25, 0.5]]),
+    ]
+    for dtype in (torch.float32, torch.bfloat16):
+        low = [x.to(dtype) for x in xs]
+        out = run("ramplus_tl", low, base=base.to(dtype), epsilon=0.25, r=1.0, alpha=5.0)
+        close(out.float(), ref_ram(xs, base, 0.25, 1.0, 5.0))
+
+
+def test_ramplus_tl_with_epsilon_zero_and_no_unique_change():
+    """Every model changes every element: no unique change, so the overlap ratio divides by
+    max(0, 0); the merge is the plain average of the task vectors, not an error."""
+    base, xs = fine_tunes((13, 8), 3, seed=53, noise=0.1)
+    out = run("ramplus_tl", xs, base=base, epsilon=0.0, r=0.5, alpha=0.2)
+    close(out, f64(base) + sum(f64(x) - f64(base) for x in xs) / 3)
+
+
 @pytest.mark.parametrize("name", ["ram", "ramplus_tl"])
 def test_ram_invariants(name):
     base, xs = fine_tunes((9, 9), 3, seed=52)
