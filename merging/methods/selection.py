@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Elements per block: 1 MiB of float32, so a block of every operand stays in cache while the
@@ -257,9 +258,25 @@ def _band_pass(
         scores = source(sl)
         if count_nonzero:
             nonzero += int(torch.count_nonzero(scores))
-        above_hi += int(torch.count_nonzero(scores > hi))
-        parts.append(scores[(scores >= lo) & (scores <= hi)])
+        above, inside = _above_and_inside(scores, lo, hi)
+        above_hi += above
+        parts.append(inside)
     return above_hi, torch.cat(parts), nonzero
+
+
+def _above_and_inside(scores: torch.Tensor, lo: float, hi: float) -> tuple[int, torch.Tensor]:
+    """How many of a block's scores exceed ``hi``, and those in ``[lo, hi]`` in order.
+
+    NumPy's compares, count and boolean gather take about 1.2 ns an element where torch's take
+    3.3 (torch's boolean indexing finds the indices first): this pass is every exact top-k's
+    and quantile's cost over float32 scores.
+    """
+    if scores.dtype not in (torch.float32, torch.float64):
+        return int(torch.count_nonzero(scores > hi)), scores[(scores >= lo) & (scores <= hi)]
+    values = scores.numpy()
+    inside = values >= lo
+    inside &= values <= hi
+    return int(np.count_nonzero(values > hi)), torch.from_numpy(values[inside])
 
 
 def _from_band(band: torch.Tensor, above_hi: int, k: int) -> tuple[float, int, int] | None:
