@@ -29,6 +29,7 @@ from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
 from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.selection import (
+    BLOCK,
     TopK,
     blocks,
     select_top_k,
@@ -97,23 +98,42 @@ def sce(
 
     # erase and average, block by block
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
+    ones = torch.ones(min(n, BLOCK), dtype=P.accumulation_dtype(b.dtype))
     for sl in blocks(n):
         ds = _task_vectors(deltas, sl)
         if keep is not None:
             ds = [keep.apply(d, sl) for d in ds]
-        total_d = ds[0]
-        for d in ds[1:]:
-            total_d = total_d + d
-        positive = total_d >= 0
-        mixed = divisor = None
-        for d, w in zip(ds, weights, strict=True):
-            erased = torch.where(positive, d > 0, d < 0).to(d.dtype).mul_(w)  # w_i M_i
-            term = d.mul_(erased)
-            mixed = term if mixed is None else mixed.add_(term)
-            divisor = erased if divisor is None else divisor.add_(erased)
-        assert mixed is not None and divisor is not None
+        mixed, divisor = _erase_block(ds, weights, ones)
         torch.add(b[sl], mixed.div_(divisor.clamp_(min=DIVISOR_FLOOR)), out=out[sl])
     return out.reshape(base.shape)
+
+
+def _erase_block(
+    ds: list[torch.Tensor], weights: list[float], ones: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_i w_i M_i d_i`` and ``sum_i w_i M_i`` of one block, in float ops (the ``ds`` are
+    consumed).
+
+    With ``s = +-1`` the elected sign, ``d_i`` agrees exactly where ``s d_i > 0``: clamping
+    ``s d_i`` at 0 keeps ``|d_i|`` there and 0 elsewhere, its sign is ``M_i``, and the sum of
+    the kept ``w_i |d_i|`` times ``s`` is the signed sum bit for bit (every agreeing term
+    has sign ``s``). A ``torch.where`` of bool compares per model cost more than this whole
+    block. ``s`` is ``+1`` where ``sum d >= 0``: a sum of -0.0 means every ``d_i`` is zero,
+    and zeros never agree whatever ``s`` is.
+    """
+    total = ds[0].clone()
+    for d in ds[1:]:
+        total.add_(d)
+    sign = torch.copysign(ones[: total.numel()], total, out=total)
+    mixed = divisor = None
+    for d, w in zip(ds, weights, strict=True):
+        kept = d.mul_(sign).clamp_(min=0)  # |d_i| where d_i agrees, else 0
+        agrees = torch.sign(kept)
+        kept.mul_(w)
+        mixed = kept if mixed is None else mixed.add_(kept)
+        divisor = agrees.mul_(w) if divisor is None else divisor.add_(agrees, alpha=w)
+    assert mixed is not None and divisor is not None
+    return mixed.mul_(sign), divisor
 
 
 register(
