@@ -109,7 +109,7 @@ def arcee_fusion(
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
     for sl in S.blocks(b.numel(), max(1, S.BLOCK // width) * width):  # whole rows per block
         keep = importance(sl) >= threshold
-        d = torch.sub(x[sl], b[sl]).to(importance.acc).mul_(keep)
+        d = P.keep_only(torch.sub(x[sl], b[sl]).to(importance.acc), keep)
         out[sl] = d.add_(b[sl])
     return out.reshape(base.shape)
 

@@ -44,7 +44,7 @@ def _l1_rescale_factor(delta: SP.Delta, rule: SP.KeepRule) -> float:
         for sl in blocks(delta.numel):
             scores = delta.scores(sl)
             before += float(scores.sum())
-            after += float(scores.mul_(rule.mask(scores, sl)).sum())
+            after += float(P.keep_only(scores, rule.mask(scores, sl)).sum())
     if before < P.RESCALE_EPS or after < P.RESCALE_EPS:
         return 1.0
     return before / after
