@@ -171,6 +171,17 @@ def test_kth_largest_counts_are_consistent():
     assert above < k <= above + equal
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_kth_largest_band_pass_in_every_score_dtype(dtype):
+    """float32/64 scores take NumPy's band pass, others torch's: the same exact answer."""
+    scores = (torch.rand(3 * S.SAMPLE_MIN_NUMEL, generator=gen(9)) * 4).to(dtype)
+    ordered = torch.sort(scores.double(), descending=True).values
+    for k in (1, 777, scores.numel() // 2, scores.numel()):
+        value, above, equal = S.kth_largest(scores.__getitem__, scores.numel(), k)
+        assert value == float(ordered[k - 1])
+        assert above == int((scores > value).sum()) and equal == int((scores == value).sum())
+
+
 def _scores(kind: str) -> torch.Tensor:
     n = S.SAMPLE_MIN_NUMEL + 11
     if kind == "continuous":  # a third exactly zero (sce: models that agree)
