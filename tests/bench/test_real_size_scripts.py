@@ -89,3 +89,23 @@ def test_gpu_check_runs_the_cpu_half_without_a_gpu():
     assert "| demo | ties | float32 |" in proc.stdout
     if not torch.cuda.is_available():
         assert proc.stdout.strip().splitlines()[-1].startswith("no CUDA device here")
+
+
+def test_the_floor_is_the_fastest_of_its_runs(tmp_path, monkeypatch):
+    """One floor measurement moves severalfold on a shared disk: the fastest of the runs is
+    kept, read and write from the same run; passthrough's read is scaled to one output."""
+    reads = iter([(4.0, 100), (2.0, 100), (3.0, 100), (4.0, 100)])
+    writes = iter([5.0, 6.0, 1.0, 1.0])
+    monkeypatch.setattr(scale, "read_once", lambda paths: next(reads))
+    monkeypatch.setattr(scale, "write_once", lambda target, nbytes: next(writes))
+    assert scale.io_floor([], 50, tmp_path, 3) == (3.0, 4.0)  # runs: 9, 8, 4 s
+    assert scale.io_floor([], 50, tmp_path, 1, share_read=True) == (2.0, 3.0)
+
+
+def test_the_floor_reads_and_writes_real_bytes(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\0" * 3_000_000)
+    read_s, floor_s = scale.io_floor([model], 2_000_000, tmp_path, 2)
+    assert 0 < read_s < floor_s
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # the floor's file is removed
