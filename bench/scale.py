@@ -708,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Family: Mistral-7B width ({family.dims}), bfloat16 in and out, "
         f"{family.shard_bytes / GB:g} GB shards; base + {family.models - 1} fine-tunes\n"
         f"- Floor: the method's inputs read once + one output written once + fsync, measured "
-        f"right before each method, the fastest of {args.floor_runs}; {args.threads} threads for both tools; mergekit time box "
+        f"right before each method, the fastest of {args.floor_runs}; {args.threads} threads "
+        f"for both tools; mergekit time box "
         f"{args.mergekit_timeout:.0f} s (~: estimated from a {SUBSET_LAYERS}-layer subset)\n"
     )
     body = head

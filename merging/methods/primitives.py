@@ -174,6 +174,20 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
     return acc
 
 
+def elected_sign(terms: Sequence[torch.Tensor], ones: torch.Tensor) -> torch.Tensor:
+    """The sign of ``sum(terms)`` as a float +-1 per element (a new tensor; ``terms`` are not
+    changed): +1 where the sum is >= 0. ``copysign`` makes a 0 vote +1; only a sum of -0.0
+    votes -1, and that means every term is zero (zeros agree with no sign, so the vote is
+    moot). ``ones``: a block of 1.0 at least as long as the terms (no fill per block)."""
+    ones = ones[: terms[0].numel()]
+    if len(terms) == 1:
+        return torch.copysign(ones, terms[0])
+    total = terms[0] + terms[1]
+    for t in terms[2:]:
+        total.add_(t)
+    return torch.copysign(ones, total, out=total)
+
+
 def keep_only(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``values`` (changed in place) times the bool mask ``keep``, read as 0/1 bytes: the same
     products, a quarter of a multiply by bools on CPU (0.16 against 0.7 ns an element)."""

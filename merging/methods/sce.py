@@ -118,13 +118,9 @@ def _erase_block(
     ``s d_i`` at 0 keeps ``|d_i|`` there and 0 elsewhere, its sign is ``M_i``, and the sum of
     the kept ``w_i |d_i|`` times ``s`` is the signed sum bit for bit (every agreeing term
     has sign ``s``). A ``torch.where`` of bool compares per model cost more than this whole
-    block. ``s`` is ``+1`` where ``sum d >= 0``: a sum of -0.0 means every ``d_i`` is zero,
-    and zeros never agree whatever ``s`` is.
+    block. ``s`` is ``+1`` where ``sum d >= 0`` (``primitives.elected_sign``).
     """
-    total = ds[0].clone()
-    for d in ds[1:]:
-        total.add_(d)
-    sign = torch.copysign(ones[: total.numel()], total, out=total)
+    sign = P.elected_sign(ds, ones)
     mixed = divisor = None
     for d, w in zip(ds, weights, strict=True):
         kept = d.mul_(sign).clamp_(min=0)  # |d_i| where d_i agrees, else 0

@@ -92,16 +92,7 @@ def _consensus_block(
     ``ones``: a block of 1.0 to take signs from (no fill per block); ``floor``: see
     ``_divisor_floor`` (None: zeros of the divisor become 1).
     """
-    ones = ones[: weighted[0].numel()]
-    if len(weighted) == 1:  # the sum is D_0 itself, which the loop below changes
-        total = weighted[0]
-        sign = torch.copysign(ones, total)
-    else:
-        total = weighted[0] + weighted[1]
-        for d in weighted[2:]:
-            total.add_(d)
-        # copysign makes 0 vote +1; only -0.0 votes -1, and a -0.0 sum means every D_i is zero
-        sign = torch.copysign(ones, total, out=total)
+    sign = P.elected_sign(weighted, ones)  # a new tensor: the loop below changes each D_i
     mixed = divisor = None
     last = len(weighted) - 1
     for i, (d, w) in enumerate(zip(weighted, weights, strict=True)):

@@ -173,7 +173,7 @@ def test_kth_largest_counts_are_consistent():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_kth_largest_band_pass_in_every_score_dtype(dtype):
-    """float32/64 scores take NumPy's band pass, others torch's: the same exact answer."""
+    """float32/64 scores go to NumPy as they are, 16-bit ones upcast: the same exact answer."""
     scores = (torch.rand(3 * S.SAMPLE_MIN_NUMEL, generator=gen(9)) * 4).to(dtype)
     ordered = torch.sort(scores.double(), descending=True).values
     for k in (1, 777, scores.numel() // 2, scores.numel()):
