@@ -22,8 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from mergesearch.merging.methods import fused
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.draws import Draws
+from mergesearch.merging.methods.fused import BlockKeep
 from mergesearch.merging.methods.selection import (
     BLOCK,
     Bits16,
@@ -42,6 +44,10 @@ class KeepRule(Protocol):
     def apply(self, d: torch.Tensor, sl: slice) -> torch.Tensor:
         """``d`` (the float32 block ``sl``, owned by the caller) with dropped entries zeroed;
         may work in place."""
+        ...
+
+    def block_keep(self, delta: Delta, sl: slice) -> BlockKeep:
+        """The rule on block ``sl`` of ``delta`` in the compiled loop's terms (``fused``)."""
         ...
 
 
@@ -108,6 +114,18 @@ class Top:
             kept = torch.threshold(kept.neg_(), -float32_above(out_cut), 0.0).neg_()
         return kept.copysign_(d)
 
+    def block_keep(self, delta: Delta, sl: slice) -> BlockKeep:
+        length = sl.stop - sl.start
+        keep_cut = self.keep.cut(sl.start, length)
+        if self.outliers is None:
+            if keep_cut is not None:
+                return BlockKeep(cut=keep_cut)
+        else:
+            out_cut = self.outliers.cut(sl.start, length)
+            if keep_cut is not None and out_cut is not None:
+                return BlockKeep(cut=keep_cut, below=float32_above(out_cut))
+        return BlockKeep(mask=self.mask(delta.scores(sl), sl).view(torch.uint8).numpy())
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -132,6 +150,9 @@ class Stored:
 
     def apply(self, d: torch.Tensor, sl: slice) -> torch.Tensor:
         return d.mul_(self._keep(sl))  # 0/1 bytes, not bools: see primitives.keep_only
+
+    def block_keep(self, delta: Delta, sl: slice) -> BlockKeep:
+        return BlockKeep(mask=self._keep(sl).numpy())
 
 
 def pack(keep: torch.Tensor, bits: torch.Tensor, start: int) -> None:
@@ -173,16 +194,22 @@ def della(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     # whole rows per block (ranks are per row), a multiple of 8 entries (blocks start on a byte)
     align = 8 // math.gcd(width, 8)
     rows = max(align, BLOCK // width // align * align)
-    total = kept = 0.0
+    sums = np.zeros(2)  # sum |d|, sum of the kept |d| (float64)
+    compiled = fused.applies(delta.b.dtype, delta.x.dtype)
+    probs = P.della_probabilities(width, density, epsilon)
     for sl in blocks(n, rows * width):
+        draws = g.uniform(sl.stop - sl.start)
+        if compiled:
+            keep = torch.from_numpy(fused.della_block(delta.b[sl], delta.x[sl], draws, probs, sums))
+            pack(keep.view(torch.bool), bits, sl.start)
+            continue
         magnitudes = delta.magnitudes(sl).view(-1, width)
-        draws = g.uniform(magnitudes.numel()).view(magnitudes.shape)
-        keep = P.della_keep(magnitudes, draws, density, epsilon).view(-1)
+        keep = P.della_keep(magnitudes, draws.view(magnitudes.shape), density, epsilon).view(-1)
         pack(keep, bits, sl.start)
         scores = magnitudes.view(-1).to(P.accumulation_dtype(magnitudes.dtype))
-        total += float(scores.sum())
-        kept += float(P.keep_only(scores, keep).sum())
-    return Stored(bits, l1=(total, kept))
+        sums[0] += float(scores.sum(dtype=torch.float64))
+        sums[1] += float(P.keep_only(scores, keep).sum(dtype=torch.float64))
+    return Stored(bits, l1=(float(sums[0]), float(sums[1])))
 
 
 Sparsifier = Callable[[Delta, Mapping[str, Any], Draws | None], KeepRule]

@@ -22,10 +22,12 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import fused
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
@@ -33,21 +35,37 @@ from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.selection import BLOCK, blocks
 
 
-def _l1_rescale_factor(delta: SP.Delta, rule: SP.KeepRule) -> float:
-    """``||d||_1 / ||kept||_1`` (1 when either is below ``RESCALE_EPS``), block by block,
-    or from the sums the rule's own pass already took."""
-    known = rule.l1 if isinstance(rule, SP.Stored) else None
-    if known is not None:
-        before, after = known
-    else:
-        before = after = 0.0
-        for sl in blocks(delta.numel):
-            scores = delta.scores(sl)
-            before += float(scores.sum())
-            after += float(P.keep_only(scores, rule.mask(scores, sl)).sum())
-    if before < P.RESCALE_EPS or after < P.RESCALE_EPS:
-        return 1.0
-    return before / after
+def _l1_rescale_factors(deltas: list[SP.Delta], rules: list[SP.KeepRule | None]) -> list[float]:
+    """``||d_i||_1 / ||kept d_i||_1`` per model (1 without a rule, or when either norm is
+    below ``RESCALE_EPS``), from the sums a rule's own pass took or one pass over the blocks
+    for every model at once (each base block read once), summed in float64."""
+    sums = np.zeros((len(deltas), 2))
+    todo = []
+    for i, rule in enumerate(rules):
+        known = rule.l1 if isinstance(rule, SP.Stored) else None
+        if known is not None:
+            sums[i] = known
+        elif rule is not None:
+            todo.append(i)
+    if todo:
+        b = deltas[0].b
+        pending = np.zeros((len(todo), 2))
+        compiled = fused.applies(b.dtype, *(deltas[i].x.dtype for i in todo))
+        for sl in blocks(b.numel()):
+            if compiled:
+                keeps = [rules[i].block_keep(deltas[i], sl) for i in todo]  # type: ignore[union-attr]
+                fused.l1_sums(b[sl], [deltas[i].x[sl] for i in todo], keeps, pending)
+                continue
+            for row, i in enumerate(todo):
+                scores = deltas[i].scores(sl)
+                pending[row, 0] += float(scores.sum(dtype=torch.float64))
+                kept = P.keep_only(scores, rules[i].mask(scores, sl))  # type: ignore[union-attr]
+                pending[row, 1] += float(kept.sum(dtype=torch.float64))
+        sums[todo] = pending
+    return [
+        1.0 if rule is None or before < P.RESCALE_EPS or after < P.RESCALE_EPS else before / after
+        for rule, (before, after) in zip(rules, sums.tolist(), strict=True)
+    ]
 
 
 def _weighted_block(
@@ -132,14 +150,14 @@ def generalized_task_arithmetic(
 
     # whole-tensor steps, model by model in config order (the order random draws happen in)
     rules: list[SP.KeepRule | None] = []
-    factors: list[float] = []
     for delta, p in zip(deltas, per_model, strict=True):
         rule = None
         if sparsifier is not None and float(p["density"]) < 1:
             rule = sparsifier(delta, p, generator)
         rules.append(rule)
-        rescale = rule is not None and bool(params["rescale"])
-        factors.append(_l1_rescale_factor(delta, rule) if rescale else 1.0)  # type: ignore[arg-type]
+    factors = [1.0] * len(deltas)
+    if params["rescale"]:
+        factors = _l1_rescale_factors(deltas, rules)
 
     total = sum(weights)
     plain_divisor = total if abs(total) >= 1e-8 else 1.0
@@ -148,6 +166,17 @@ def generalized_task_arithmetic(
     compute = P.accumulation_dtype(b.dtype)
     ones = torch.ones(min(b.numel(), BLOCK), dtype=compute) if consensus else None
     floor = _divisor_floor(weights, compute)
+    if fused.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
+        flags = (consensus, bool(params["normalize"]), floor, plain_divisor, lam)
+        weights32 = [P.float32_scalar(w) for w in weights]
+        for sl in blocks(b.numel()):
+            keeps = [
+                fused.BlockKeep() if rule is None else rule.block_keep(delta, sl)
+                for delta, rule in zip(deltas, rules, strict=True)
+            ]
+            models = [delta.x[sl] for delta in deltas]
+            fused.task_block(b[sl], models, keeps, factors, weights32, flags, out[sl])
+        return out.reshape(base.shape)
     for sl in blocks(b.numel()):
         weighted = [
             _weighted_block(delta, rule, factor, w, sl)

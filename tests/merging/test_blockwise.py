@@ -224,7 +224,7 @@ def test_della_mask_carries_the_l1_sums_its_pass_took():
     """DELLA sums |d| and the kept |d| while it draws: the rescale factor from those sums
     equals the one a separate pass over the mask finds, up to float32 block rounding."""
     from mergesearch.merging.methods import sparsifiers as SP
-    from mergesearch.merging.methods.task_arithmetic import _l1_rescale_factor
+    from mergesearch.merging.methods.task_arithmetic import _l1_rescale_factors
 
     shape = (2 * S.BLOCK // 700 + 3, 700)  # rows of 700: DELLA's blocks are not BLOCK-sized
     b = torch.randn(shape, generator=gen(6)).to(torch.bfloat16).reshape(-1)
@@ -232,6 +232,6 @@ def test_della_mask_carries_the_l1_sums_its_pass_took():
     delta = SP.Delta(x, b, shape)
     rule = SP.della(delta, {"density": 0.3, "epsilon": 0.1}, Draws(2))
     assert rule.l1 is not None
-    passed = _l1_rescale_factor(delta, SP.Stored(rule.bits))  # no sums: the separate pass
+    (passed,) = _l1_rescale_factors([delta], [SP.Stored(rule.bits)])  # no sums: a pass
     assert passed != 1.0
-    assert _l1_rescale_factor(delta, rule) == pytest.approx(passed, rel=1e-6)
+    assert _l1_rescale_factors([delta], [rule]) == [pytest.approx(passed, rel=1e-6)]
