@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -97,17 +98,25 @@ class Bits16:
     dtype: torch.dtype
 
 
-def select_top_k(source: ScoreSource, n: int, k: int, *, bits16: Bits16 | None = None) -> TopK:
+def select_top_k(
+    source: ScoreSource,
+    n: int,
+    k: int,
+    *,
+    bits16: Bits16 | None = None,
+    counts: Counts16 | None = None,
+) -> TopK:
     """The exact ``k`` largest of ``n`` scores (equal values lowest index first) as a rule.
 
     ``bits16``: the same scores as 16-bit bit patterns, which allows one counting pass
     (``histogram_kth``) and a tie search on the patterns, without a float32 copy of any block.
+    ``counts``: that pass's counts, taken once for several cuts of the same scores.
     """
     if k >= n:
         return TopK(-math.inf, n)
     if k <= 0:
         return TopK(math.inf, 0)
-    counted = histogram_kth(bits16, n, k) if bits16 is not None else None
+    counted = histogram_kth(bits16, n, k, counts=counts) if bits16 is not None else None
     if counted is not None and bits16 is not None:
         value, above, equal = counted.value, counted.above, counted.equal
         scan, target = bits16.source, counted.pattern  # find the ties on the bit patterns
@@ -194,16 +203,16 @@ class Counted16:
         raise AssertionError("unreachable: fewer equal scores than counted")
 
 
-def histogram_kth(bits16: Bits16, n: int, k: int, runs: int = COUNT_RUNS) -> Counted16 | None:
-    """``kth_largest`` for 16-bit scores, from one pass of counts. None when the answer is NaN
-    (the general path decides those).
+class Counts16(NamedTuple):
+    """How often each non-negative 16-bit pattern occurs, per run of blocks (``counts[run]``),
+    and the flat index where each run starts."""
 
-    A non-negative float orders like its bits read as an integer, and a 16-bit float has at
-    most ``2 ** 15`` non-negative patterns. Counting each pattern gives the exact answer from
-    one ``bincount`` per block, with no sample, no band and no upcast; ties are counted, not
-    searched. The counts are kept per run of blocks (at most ``runs`` runs), so the tie search
-    that follows reads one run, not everything before the cut.
-    """
+    counts: torch.Tensor
+    starts: tuple[int, ...]
+
+
+def count16(bits16: Bits16, n: int, runs: int = COUNT_RUNS) -> Counts16:
+    """One counting pass over 16-bit scores, per run of blocks (at most ``runs`` runs)."""
     bins = 1 << 15
     block_count = -(-n // BLOCK)  # ceiling divisions: every run but the last is full
     per_run = -(-block_count // runs) * BLOCK
@@ -212,6 +221,24 @@ def histogram_kth(bits16: Bits16, n: int, k: int, runs: int = COUNT_RUNS) -> Cou
     for run, start in enumerate(starts):
         for sl in blocks(min(n, start + per_run), start=start):
             counts[run] += torch.bincount(bits16.source(sl), minlength=bins)
+    return Counts16(counts, starts)
+
+
+def histogram_kth(
+    bits16: Bits16, n: int, k: int, runs: int = COUNT_RUNS, counts: Counts16 | None = None
+) -> Counted16 | None:
+    """``kth_largest`` for 16-bit scores, from one pass of counts (``count16``, or ``counts``
+    when a caller took them already). None when the answer is NaN (the general path decides
+    those).
+
+    A non-negative float orders like its bits read as an integer, and a 16-bit float has at
+    most ``2 ** 15`` non-negative patterns. Counting each pattern gives the exact answer from
+    one ``bincount`` per block, with no sample, no band and no upcast; ties are counted, not
+    searched. The counts are kept per run of blocks, so the tie search that follows reads one
+    run, not everything before the cut.
+    """
+    bins = 1 << 15
+    counts, starts = counts if counts is not None else count16(bits16, n, runs)
     from_top = counts.sum(0).flip(0).cumsum_(0)
     index = int(torch.searchsorted(from_top, k))  # the first cumulative count reaching k
     pattern = bins - 1 - index

@@ -29,8 +29,10 @@ from mergesearch.merging.methods.fused import BlockKeep
 from mergesearch.merging.methods.selection import (
     BLOCK,
     Bits16,
+    Counts16,
     TopK,
     blocks,
+    count16,
     float32_above,
     select_top_k,
 )
@@ -81,12 +83,20 @@ class Delta:
         """``|d|`` of a block of 16-bit floats as their bit patterns (``int16``, all >= 0)."""
         return self.block(sl).abs_().view(torch.int16)
 
-    def top_k(self, k: int) -> TopK:
-        """The rule keeping the ``k`` largest ``|d|``; 16-bit scores are counted, not sampled."""
+    def _bits16(self) -> Bits16 | None:
         dtype = self.b.dtype
         sixteen = dtype in (torch.bfloat16, torch.float16) and self.x.dtype == dtype
-        bits = Bits16(self.magnitude_bits, dtype) if sixteen else None
-        return select_top_k(self.scores, self.numel, k, bits16=bits)
+        return Bits16(self.magnitude_bits, dtype) if sixteen else None
+
+    def counts16(self) -> Counts16 | None:
+        """The counting pass over 16-bit ``|d|`` (None for other dtypes), to share between
+        several cuts of the same task vector (breadcrumbs takes two)."""
+        bits = self._bits16()
+        return count16(bits, self.numel) if bits is not None else None
+
+    def top_k(self, k: int, counts: Counts16 | None = None) -> TopK:
+        """The rule keeping the ``k`` largest ``|d|``; 16-bit scores are counted, not sampled."""
+        return select_top_k(self.scores, self.numel, k, bits16=self._bits16(), counts=counts)
 
 
 @dataclass(frozen=True)
@@ -170,8 +180,9 @@ def magnitude(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
 def breadcrumbs(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     n = delta.numel
     bottom, top = P.breadcrumbs_counts(n, float(p["density"]), float(p["gamma"]))
-    outliers = delta.top_k(top) if top > 0 else None
-    return Top(delta.top_k(n - bottom), outliers)
+    counts = delta.counts16() if top > 0 and bottom < n else None  # both cuts from one pass
+    outliers = delta.top_k(top, counts) if top > 0 else None
+    return Top(delta.top_k(n - bottom, counts), outliers)
 
 
 def random(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:

@@ -192,9 +192,11 @@ def test_counted_top_k_of_16_bit_scores_equals_the_sampled_search(dtype):
     b = (torch.randn(n, generator=gen) * 0.02).to(dtype)
     x = (b.float() + torch.randn(n, generator=gen) * 0.001).to(dtype)  # many equal |d|
     delta = SP.Delta(x, b, (n,))
+    shared = delta.counts16()  # one counting pass that several cuts share (breadcrumbs)
     for k in (1, 7, n // 3, n // 2, n - 1):
         counted = delta.top_k(k)
         assert counted == S.select_top_k(delta.scores, n, k)
+        assert delta.top_k(k, shared) == counted
         mask = torch.cat([counted.mask(delta.scores(sl), sl.start) for sl in S.blocks(n)])
         assert torch.equal(mask, R.topk_mask(delta.scores(slice(None)), k))
 
