@@ -17,10 +17,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import fused
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
@@ -51,8 +53,14 @@ def _count(active: list[torch.Tensor]) -> torch.Tensor:
     return count
 
 
-def unique_scales(deltas: list[SP.Delta], epsilon: float, r: float, alpha: float) -> list[float]:
-    """ramplus_tl's ``lambda_i`` from model i's shared and unique active elements."""
+def _active_counts(deltas: list[SP.Delta], epsilon: float) -> tuple[list[int], list[int]]:
+    """Per model: how many elements it changes (active), and at how many it alone does."""
+    b = deltas[0].b
+    if fused.applies(b.dtype, *(d.x.dtype for d in deltas)):
+        totals, uniques = np.zeros(len(deltas), np.int64), np.zeros(len(deltas), np.int64)
+        for sl in blocks(deltas[0].numel):
+            fused.ram_counts(b[sl], [d.x[sl] for d in deltas], epsilon, totals, uniques)
+        return totals.tolist(), uniques.tolist()
     total = [0] * len(deltas)
     unique = [0] * len(deltas)
     for sl in blocks(deltas[0].numel):
@@ -61,6 +69,12 @@ def unique_scales(deltas: list[SP.Delta], epsilon: float, r: float, alpha: float
         for i, a in enumerate(active):  # sums of 0/1 floats: exact below 2**24 (a block)
             total[i] += int(a.sum())
             unique[i] += int(P.dot(a, alone))
+    return total, unique
+
+
+def unique_scales(deltas: list[SP.Delta], epsilon: float, r: float, alpha: float) -> list[float]:
+    """ramplus_tl's ``lambda_i`` from model i's shared and unique active elements."""
+    total, unique = _active_counts(deltas, epsilon)
     shared = [t - u for t, u in zip(total, unique, strict=True)]
     return [
         1.0 + r * min(max(_overlap(s, u, epsilon), 0.0), alpha)
@@ -89,6 +103,10 @@ def disjoint_merge(
     b = base.detach().reshape(-1)
     deltas = [SP.Delta(x.detach().reshape(-1), b, tuple(base.shape)) for x in inputs]
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
+    if fused.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
+        for sl in blocks(b.numel()):
+            fused.ram_block(b[sl], [d.x[sl] for d in deltas], epsilon, list(scales), out[sl])
+        return out.reshape(base.shape)
     scaled = any(s != 1.0 for s in scales)
     for sl in blocks(b.numel()):
         ds, kept, active = _active(deltas, sl, epsilon)

@@ -156,3 +156,37 @@ def test_della_masks_and_sums_are_the_torch_pass(monkeypatch, width):
     assert torch.equal(rules[0].bits, rules[1].bits)
     assert rules[1].l1 == pytest.approx(rules[0].l1, rel=1e-12)
     assert 0.3 < rules[1].l1[1] / rules[1].l1[0] < 0.9
+
+
+@pytest.mark.parametrize("name", ["ram", "ramplus_tl"])
+@pytest.mark.parametrize("epsilon", [0.5, 0.0, -1.0])
+@pytest.mark.parametrize("special", [False, True])
+def test_compiled_ram_gives_the_torch_bits(monkeypatch, name, epsilon, special):
+    """ram's activity (``|d| > epsilon``; every element when epsilon < 0), its counts and
+    ramplus_tl's scaled unique changes: the compiled loops against the torch ops."""
+    from mergesearch.merging.methods import get_method
+
+    method = get_method(name)
+    base, models = _family(7, special)
+    if not special:  # on a grid of eighths every d is exact: |d| == epsilon happens
+        g = torch.Generator().manual_seed(7)
+        grid = torch.randint(-8, 9, base.shape, generator=g).float() / 8
+        steps = [torch.randint(-4, 5, base.shape, generator=g).float() / 4 for _ in models]
+        base, models = grid.bfloat16(), [(grid + step).bfloat16() for step in steps]
+    params = {"epsilon": epsilon, "r": 0.4, "alpha": 0.5}
+    results = []
+    for compiled in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", compiled)
+        results.append(method.fn(models, base, [{}] * 3, params, None))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0, equal_nan=True)
+    if name == "ramplus_tl" and not special:
+        from mergesearch.merging.methods import ram
+
+        b = base.reshape(-1)
+        deltas = [SP.Delta(x.reshape(-1), b, tuple(base.shape)) for x in models]
+        counts = []
+        for compiled in ("0", "1"):
+            monkeypatch.setenv("MERGESEARCH_FUSED", compiled)
+            counts.append(ram._active_counts(deltas, epsilon))
+        assert counts[0] == counts[1]
+        assert all(u > 0 for u in counts[0][1]) or epsilon < 0
