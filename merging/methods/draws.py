@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from mergesearch.merging.methods import fused
+from mergesearch.merging.methods import compiled
 
 _FRACTION_BITS = 24  # float32's significand: every u_i is exact in float32
 _DROPPED_BITS = 32 - _FRACTION_BITS
@@ -31,8 +31,8 @@ class Draws:
         self._bits = np.random.SFC64(seed)
         # NumPy's random_raw calls the generator through a pointer per word (0.9 ns a 32-bit
         # draw); the same recurrence compiled inline runs on the state it starts from
-        compiled = fused.enabled()
-        self._state = self._bits.state["state"]["state"].copy() if compiled else None
+        fast = compiled.enabled()
+        self._state = self._bits.state["state"]["state"].copy() if fast else None
         self._spare: np.ndarray | None = None  # the high half of a word already drawn
 
     def _raw(self, count: int) -> np.ndarray:
@@ -67,9 +67,9 @@ class Draws:
         return words < np.uint32(threshold << _DROPPED_BITS)
 
 
-if fused.numba is not None:
+if compiled.numba is not None:
 
-    @fused.compiled()
+    @compiled.jit()
     def _sfc64_words(state, out):
         """SFC64 (Chris Doty-Humphrey's small fast counting generator), as NumPy steps it:
         ``out`` gets the next words, ``state`` (a, b, c, counter) moves past them."""

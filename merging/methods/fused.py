@@ -19,22 +19,15 @@ both) may add in another order. Other dtypes, and every dtype when numba is not 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-try:
-    import numba
-    from llvmlite import ir
-    from numba.core import types
-    from numba.extending import intrinsic
-except ImportError:  # pragma: no cover - numba is a dependency; this keeps torch as the fallback
-    numba = None
+from mergesearch.merging.methods.compiled import CHUNK, bits, jit, numba
 
-CHUNK = 2048  # entries per inner loop: every model's float32 chunk stays in L1/L2 cache
+if numba is not None:
+    from mergesearch.merging.methods.compiled import copysign, narrow, widen, widen_into
 
 
 class BlockKeep(NamedTuple):
@@ -46,89 +39,26 @@ class BlockKeep(NamedTuple):
     below: float | None = None
 
 
-def _cache_is_writable() -> bool:
-    """Whether numba can keep compiled loops on disk: under ``NUMBA_CACHE_DIR``, or next to
-    this module. Without such a place numba refuses to compile a cached function at all, so
-    a read-only install compiles in every process instead (a few seconds)."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return True
-    here = Path(__file__).parent
-    pycache = here / "__pycache__"
-    return os.access(pycache if pycache.is_dir() else here, os.W_OK)
-
-
-def compiled(**options: object):
-    """numba's ``njit`` as every loop here wants it: no GIL (the merge workers run loops side by
-    side), NumPy's float errors (no exception on a division by zero), cached when it can be."""
-    return numba.njit(nogil=True, error_model="numpy", cache=_cache_is_writable(), **options)
-
-
-def enabled() -> bool:
-    return numba is not None and os.environ.get("MERGESEARCH_FUSED", "1") != "0"
-
-
-def applies(*dtypes: torch.dtype) -> bool:
-    """Whether the compiled loop takes tensors of these dtypes (it reads bfloat16 only)."""
-    return enabled() and all(dtype == torch.bfloat16 for dtype in dtypes)
-
-
-def bits(t: torch.Tensor) -> np.ndarray:
-    """A contiguous bfloat16 tensor's storage as uint16 (no copy)."""
-    return t.view(torch.int16).numpy().view(np.uint16)
-
-
 if numba is not None:
 
-    @intrinsic
-    def _as_float(typingctx, word):
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return types.float32(types.uint32), codegen
-
-    @intrinsic
-    def _as_word(typingctx, value):
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.IntType(32))
-
-        return types.uint32(types.float32), codegen
-
-    @numba.njit(inline="always")
-    def _widen(half):
-        return _as_float(np.uint32(half) << np.uint32(16))
-
-    @numba.njit(inline="always")
-    def _narrow(value):
-        """float32 -> bfloat16 bits, to nearest-even (NaN stays NaN)."""
-        if value != value:
-            return np.uint16(0x7FC0)
-        word = _as_word(value)
-        bias = ((word >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)
-        return np.uint16((word + bias) >> np.uint32(16))
-
-    @numba.njit(inline="always")
-    def _copysign(magnitude, sign):
-        word = (_as_word(magnitude) & np.uint32(0x7FFFFFFF)) | (_as_word(sign) & np.uint32(1 << 31))
-        return _as_float(word)
-
-    @compiled()
+    @jit()
     def _term(x, b32, mask, mode, cut, below, scale, weight, term):
         """``D_i`` of one chunk into ``term``: kept ``x - b``, rescaled, weighted."""
         for j in range(term.shape[0]):
-            d = _widen(_narrow(_widen(x[j]) - b32[j]))  # torch's bfloat16 x - b, then float32
+            d = widen(narrow(widen(x[j]) - b32[j]))  # torch's bfloat16 x - b, then float32
             if mode == 1:
                 d = d * np.float32(mask[j])
             elif mode >= 2:  # torch.threshold: x <= cut -> 0 (NaN stays)
-                kept = _copysign(d, np.float32(1.0))
+                kept = copysign(d, np.float32(1.0))
                 kept = np.float32(0.0) if kept <= cut else kept
                 if mode == 3:
                     kept = np.float32(0.0) if kept >= below else kept
-                d = _copysign(kept, d)
+                d = copysign(kept, d)
             if scale != 1:
                 d = d * scale
             term[j] = d * weight
 
-    @compiled()
+    @jit()
     def _task_block(base, models, masks, modes, cuts, belows, scales, weights, flags, out):
         """One block of the family's result; ``flags`` = (consensus, normalize, divisor floor
         or NaN for "zeros become 1", plain divisor, lambda)."""
@@ -142,8 +72,7 @@ if numba is not None:
         for c0 in range(0, n, CHUNK):
             m = min(CHUNK, n - c0)
             bc, oc = base[c0 : c0 + m], out[c0 : c0 + m]
-            for j in range(m):
-                b32[j] = _widen(bc[j])
+            widen_into(bc, b32)
             for i in range(k):
                 mask = masks[i][c0 : c0 + m] if modes[i] == 1 else masks[i]
                 term = terms[i, :m]
@@ -159,9 +88,9 @@ if numba is not None:
                     v = v / (divisor[j] if consensus else plain)
                 if lam != 1:
                     v = v * lam
-                oc[j] = _narrow(v + b32[j])
+                oc[j] = narrow(v + b32[j])
 
-    @compiled(fastmath={"reassoc"})
+    @jit(fastmath={"reassoc"})
     def _l1_block(base, models, masks, modes, cuts, belows, sums):
         """Add each model's ``sum |d|`` and ``sum |kept d|`` over the block to ``sums[i]``,
         in float64; the sums may be reordered (``reassoc``) so that they vectorize: an L1
@@ -174,14 +103,13 @@ if numba is not None:
         for c0 in range(0, n, CHUNK):
             m = min(CHUNK, n - c0)
             bc = base[c0 : c0 + m]
-            for j in range(m):
-                b32[j] = _widen(bc[j])
+            widen_into(bc, b32)
             for i in range(k):
                 mask = masks[i][c0 : c0 + m] if modes[i] == 1 else masks[i]
                 x = models[i][c0 : c0 + m]
                 _term(x, b32, mask, modes[i], cuts[i], belows[i], one, one, kept[:m])
                 for j in range(m):
-                    d[j] = _widen(_narrow(_widen(x[j]) - b32[j]))
+                    d[j] = widen(narrow(widen(x[j]) - b32[j]))
                 total = chosen = 0.0
                 for j in range(m):
                     total += abs(d[j])
@@ -189,7 +117,7 @@ if numba is not None:
                 sums[i, 0] += total
                 sums[i, 1] += chosen
 
-    @compiled(fastmath={"reassoc"})
+    @jit(fastmath={"reassoc"})
     def _della_block(base, x, uniforms, probs, keep, sums):
         """DELLA's keep mask of whole rows of ``width = len(probs)`` into ``keep`` (0/1 bytes):
         per row, ``|x - b|`` (bfloat16, as torch rounds it) ranked ascending, equal values by
@@ -210,11 +138,11 @@ if numba is not None:
             low[:] = 0
             high[:] = 0
             for j in range(width):
-                key = _narrow(_widen(xr[j]) - _widen(br[j])) & np.uint16(0x7FFF)
+                key = narrow(widen(xr[j]) - widen(br[j])) & np.uint16(0x7FFF)
                 keys[j] = key
                 low[key & 0xFF] += 1
                 high[key >> 8] += 1
-                total += np.float64(_widen(key))
+                total += np.float64(widen(key))
             start_low = start_high = 0
             for v in range(256):  # counts -> first position of each byte value
                 count_low, count_high = low[v], high[v]
@@ -231,81 +159,9 @@ if numba is not None:
                 high[keys[j] >> 8] = rank + 1
                 kept = np.uint8(1) if ur[j] < probs[rank] else np.uint8(0)
                 kr[j] = kept
-                chosen += np.float64(_widen(keys[j])) * kept
+                chosen += np.float64(widen(keys[j])) * kept
         sums[0] += total
         sums[1] += chosen
-
-    @compiled()
-    def _ram_terms(x, b32, epsilon, all_active, kept, active):
-        """One model's chunk: ``|d|`` thresholded at ``epsilon`` (torch.threshold: NaN stays),
-        with ``d``'s sign back, and the 0/1 activity (its sign; every element when
-        ``all_active``)."""
-        one = np.float32(1.0)
-        for j in range(kept.shape[0]):
-            d = _widen(_narrow(_widen(x[j]) - b32[j]))
-            magnitude = _copysign(d, one)
-            magnitude = np.float32(0.0) if magnitude <= epsilon else magnitude
-            active[j] = one if all_active or magnitude > 0 else np.float32(0.0)
-            kept[j] = _copysign(magnitude, d)
-
-    @compiled()
-    def _ram_counts(base, models, epsilon, all_active, totals, uniques):
-        """Add each model's active elements and those where it alone is active to ``totals[i]``
-        and ``uniques[i]`` (ramplus_tl's counting pass)."""
-        k, n = len(models), base.shape[0]
-        b32 = np.empty(CHUNK, np.float32)
-        kept = np.empty((k, CHUNK), np.float32)
-        active = np.empty((k, CHUNK), np.float32)
-        count = np.empty(CHUNK, np.float32)
-        for c0 in range(0, n, CHUNK):
-            m = min(CHUNK, n - c0)
-            bc = base[c0 : c0 + m]
-            for j in range(m):
-                b32[j] = _widen(bc[j])
-            for i in range(k):
-                x = models[i][c0 : c0 + m]
-                _ram_terms(x, b32, epsilon, all_active, kept[i, :m], active[i, :m])
-                for j in range(m):
-                    count[j] = active[i, j] if i == 0 else count[j] + active[i, j]
-            for i in range(k):
-                total = unique = 0
-                for j in range(m):
-                    a = active[i, j] > 0
-                    total += a
-                    unique += a and count[j] == 1
-                totals[i] += total
-                uniques[i] += unique
-
-    @compiled()
-    def _ram_block(base, models, epsilon, all_active, scales, out):
-        """One block of ``b + sum_i kept_i / max(c, 1)``, the sum times ``scales[j]`` where model
-        ``j`` alone is active (``ram.disjoint_merge``)."""
-        k, n = len(models), base.shape[0]
-        b32 = np.empty(CHUNK, np.float32)
-        kept = np.empty((k, CHUNK), np.float32)
-        active = np.empty((k, CHUNK), np.float32)
-        for c0 in range(0, n, CHUNK):
-            m = min(CHUNK, n - c0)
-            bc, oc = base[c0 : c0 + m], out[c0 : c0 + m]
-            for j in range(m):
-                b32[j] = _widen(bc[j])
-            for i in range(k):
-                x = models[i][c0 : c0 + m]
-                _ram_terms(x, b32, epsilon, all_active, kept[i, :m], active[i, :m])
-            for j in range(m):
-                count = np.float32(0.0)
-                unique_scale = np.float32(0.0)
-                for i in range(k):
-                    count = active[i, j] if i == 0 else count + active[i, j]
-                    unique_scale = unique_scale + active[i, j] * scales[i]
-                share = count if count > 1 else np.float32(1.0)
-                mixed = np.float32(0.0)
-                for i in range(k):
-                    term = kept[i, j] / share
-                    mixed = term if i == 0 else mixed + term
-                if count == 1:
-                    mixed = mixed * unique_scale
-                oc[j] = _narrow(b32[j] + mixed)
 
     @numba.njit(inline="always")
     def _consensus(terms, total, divisor, weights, m, with_divisor, floor):
@@ -313,7 +169,7 @@ if numba is not None:
         weights, its zeros made harmless (``task_arithmetic._consensus_block``)."""
         k = terms.shape[0]
         for j in range(m):
-            sign = _copysign(np.float32(1.0), total[j])
+            sign = copysign(np.float32(1.0), total[j])
             mixed = np.float32(0.0)
             count = np.float32(0.0)
             for i in range(k):
@@ -394,28 +250,3 @@ def della_block(
     keep = np.empty(base.numel(), np.uint8)
     _della_block(bits(base), bits(x), uniforms.numpy(), probs.numpy(), keep, sums)
     return keep
-
-
-def ram_counts(
-    base: torch.Tensor,
-    models: list[torch.Tensor],
-    epsilon: float,
-    totals: np.ndarray,
-    uniques: np.ndarray,
-) -> None:
-    """ramplus_tl's counts over one block, added to ``totals`` and ``uniques`` (int64)."""
-    models_bits = tuple(bits(x) for x in models)
-    _ram_counts(bits(base), models_bits, np.float32(epsilon), epsilon < 0, totals, uniques)
-
-
-def ram_block(
-    base: torch.Tensor,
-    models: list[torch.Tensor],
-    epsilon: float,
-    scales: list[float],
-    out: torch.Tensor,
-) -> None:
-    """One block of ram's (or ramplus_tl's) result into ``out`` (bfloat16)."""
-    models_bits = tuple(bits(x) for x in models)
-    factors = np.array(scales, np.float32)
-    _ram_block(bits(base), models_bits, np.float32(epsilon), epsilon < 0, factors, bits(out))

@@ -22,7 +22,7 @@ import torch
 
 from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
-from mergesearch.merging.methods import fused
+from mergesearch.merging.methods import compiled, fused_ram
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
@@ -56,10 +56,10 @@ def _count(active: list[torch.Tensor]) -> torch.Tensor:
 def _active_counts(deltas: list[SP.Delta], epsilon: float) -> tuple[list[int], list[int]]:
     """Per model: how many elements it changes (active), and at how many it alone does."""
     b = deltas[0].b
-    if fused.applies(b.dtype, *(d.x.dtype for d in deltas)):
+    if compiled.applies(b.dtype, *(d.x.dtype for d in deltas)):
         totals, uniques = np.zeros(len(deltas), np.int64), np.zeros(len(deltas), np.int64)
         for sl in blocks(deltas[0].numel):
-            fused.ram_counts(b[sl], [d.x[sl] for d in deltas], epsilon, totals, uniques)
+            fused_ram.ram_counts(b[sl], [d.x[sl] for d in deltas], epsilon, totals, uniques)
         return totals.tolist(), uniques.tolist()
     total = [0] * len(deltas)
     unique = [0] * len(deltas)
@@ -103,9 +103,9 @@ def disjoint_merge(
     b = base.detach().reshape(-1)
     deltas = [SP.Delta(x.detach().reshape(-1), b, tuple(base.shape)) for x in inputs]
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
-    if fused.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
+    if compiled.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
         for sl in blocks(b.numel()):
-            fused.ram_block(b[sl], [d.x[sl] for d in deltas], epsilon, list(scales), out[sl])
+            fused_ram.ram_block(b[sl], [d.x[sl] for d in deltas], epsilon, list(scales), out[sl])
         return out.reshape(base.shape)
     scaled = any(s != 1.0 for s in scales)
     for sl in blocks(b.numel()):

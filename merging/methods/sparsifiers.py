@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mergesearch.merging.methods import fused
+from mergesearch.merging.methods import compiled, fused
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.draws import Draws
 from mergesearch.merging.methods.fused import BlockKeep
@@ -206,11 +206,11 @@ def della(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     align = 8 // math.gcd(width, 8)
     rows = max(align, BLOCK // width // align * align)
     sums = np.zeros(2)  # sum |d|, sum of the kept |d| (float64)
-    compiled = fused.applies(delta.b.dtype, delta.x.dtype)
+    fast = compiled.applies(delta.b.dtype, delta.x.dtype)
     probs = P.della_probabilities(width, density, epsilon)
     for sl in blocks(n, rows * width):
         draws = g.uniform(sl.stop - sl.start)
-        if compiled:
+        if fast:
             keep = torch.from_numpy(fused.della_block(delta.b[sl], delta.x[sl], draws, probs, sums))
             pack(keep.view(torch.bool), bits, sl.start)
             continue

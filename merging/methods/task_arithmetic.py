@@ -27,7 +27,7 @@ import torch
 
 from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
-from mergesearch.merging.methods import fused
+from mergesearch.merging.methods import compiled, fused
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import REQUIRED, BaseRole, MergeMethod, register
@@ -50,9 +50,9 @@ def _l1_rescale_factors(deltas: list[SP.Delta], rules: list[SP.KeepRule | None])
     if todo:
         b = deltas[0].b
         pending = np.zeros((len(todo), 2))
-        compiled = fused.applies(b.dtype, *(deltas[i].x.dtype for i in todo))
+        fast = compiled.applies(b.dtype, *(deltas[i].x.dtype for i in todo))
         for sl in blocks(b.numel()):
-            if compiled:
+            if fast:
                 keeps = [rules[i].block_keep(deltas[i], sl) for i in todo]  # type: ignore[union-attr]
                 fused.l1_sums(b[sl], [deltas[i].x[sl] for i in todo], keeps, pending)
                 continue
@@ -166,7 +166,7 @@ def generalized_task_arithmetic(
     compute = P.accumulation_dtype(b.dtype)
     ones = torch.ones(min(b.numel(), BLOCK), dtype=compute) if consensus else None
     floor = _divisor_floor(weights, compute)
-    if fused.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
+    if compiled.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
         flags = (consensus, bool(params["normalize"]), floor, plain_divisor, lam)
         weights32 = [P.float32_scalar(w) for w in weights]
         for sl in blocks(b.numel()):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from mergesearch.merging.methods import fused
+from mergesearch.merging.methods import compiled
 from mergesearch.merging.methods import selection as S
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods import task_arithmetic as TA
 from mergesearch.merging.methods.draws import Draws
 
-pytestmark = pytest.mark.skipif(fused.numba is None, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(compiled.numba is None, reason="numba is not installed")
 
 # the family's YAML names as (sparsifier, consensus, per-model extras)
 VARIANTS = {
@@ -54,8 +54,8 @@ def _both(monkeypatch, name: str, params: dict, per_model: list[dict], special: 
     sparsifier, consensus = VARIANTS[name]
     base, models = _family(3, special)
     results = []
-    for compiled in ("0", "1"):
-        monkeypatch.setenv("MERGESEARCH_FUSED", compiled)
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
         out = TA.generalized_task_arithmetic(
             models, base, per_model, params, Draws(11), sparsifier=sparsifier, consensus=consensus
         )
@@ -112,8 +112,8 @@ def test_rescale_sums_agree_between_passes(monkeypatch):
     b = base.reshape(-1)
     deltas = [SP.Delta(x.reshape(-1), b, tuple(base.shape)) for x in models]
     factors = []
-    for compiled in ("0", "1"):
-        monkeypatch.setenv("MERGESEARCH_FUSED", compiled)
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
         g = Draws(2)
         rules = [SP.random(d, {"density": 0.3}, g) for d in deltas[:2]]
         rules.append(SP.magnitude(deltas[2], {"density": 0.5}, None))
@@ -132,8 +132,8 @@ def test_rounding_to_bfloat16_matches_torch_on_full_precision_sums(monkeypatch):
     per_model = [{"weight": 0.3, "density": 1.0}, {"weight": 0.7, "density": 1.0}]
     params = {"normalize": False, "rescale": False, "lambda": 0.9}
     results = []
-    for compiled in ("0", "1"):
-        monkeypatch.setenv("MERGESEARCH_FUSED", compiled)
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
         out = TA.generalized_task_arithmetic(
             models, base, per_model, params, None, sparsifier=None, consensus=False
         )
@@ -150,8 +150,8 @@ def test_della_masks_and_sums_are_the_torch_pass(monkeypatch, width):
     n = b.numel() // width * width
     delta = SP.Delta(x[:n], b[:n], (n // width, width))
     rules = []
-    for compiled in ("0", "1"):
-        monkeypatch.setenv("MERGESEARCH_FUSED", compiled)
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
         rules.append(SP.della(delta, {"density": 0.4, "epsilon": 0.2}, Draws(6)))
     assert torch.equal(rules[0].bits, rules[1].bits)
     assert rules[1].l1 == pytest.approx(rules[0].l1, rel=1e-12)
@@ -175,8 +175,8 @@ def test_compiled_ram_gives_the_torch_bits(monkeypatch, name, epsilon, special):
         base, models = grid.bfloat16(), [(grid + step).bfloat16() for step in steps]
     params = {"epsilon": epsilon, "r": 0.4, "alpha": 0.5}
     results = []
-    for compiled in ("0", "1"):
-        monkeypatch.setenv("MERGESEARCH_FUSED", compiled)
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
         results.append(method.fn(models, base, [{}] * 3, params, None))
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=0, equal_nan=True)
     if name == "ramplus_tl" and not special:
@@ -185,8 +185,8 @@ def test_compiled_ram_gives_the_torch_bits(monkeypatch, name, epsilon, special):
         b = base.reshape(-1)
         deltas = [SP.Delta(x.reshape(-1), b, tuple(base.shape)) for x in models]
         counts = []
-        for compiled in ("0", "1"):
-            monkeypatch.setenv("MERGESEARCH_FUSED", compiled)
+        for flag in ("0", "1"):
+            monkeypatch.setenv("MERGESEARCH_FUSED", flag)
             counts.append(ram._active_counts(deltas, epsilon))
         assert counts[0] == counts[1]
         assert all(u > 0 for u in counts[0][1]) or epsilon < 0
