@@ -24,6 +24,7 @@ import torch
 
 from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import compiled, fused_sce
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
@@ -47,6 +48,9 @@ def _task_vectors(deltas: list[SP.Delta], sl: slice) -> list[torch.Tensor]:
 
 def variance(deltas: list[SP.Delta], sl: slice) -> torch.Tensor:
     """Per-element population variance over the models of the task vectors in ``sl``."""
+    b = deltas[0].b
+    if compiled.applies(b.dtype, *(d.x.dtype for d in deltas)):
+        return fused_sce.variance_block(b[sl], [d.x[sl] for d in deltas])
     return P.population_variance(_task_vectors(deltas, sl))
 
 
@@ -98,6 +102,12 @@ def sce(
 
     # erase and average, block by block
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
+    if compiled.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
+        for sl in blocks(n):
+            mask = keep.keep_bytes(sl) if keep is not None else None
+            models = [d.x[sl] for d in deltas]
+            fused_sce.sce_block(b[sl], models, mask, weights, DIVISOR_FLOOR, out[sl])
+        return out.reshape(base.shape)
     ones = torch.ones(min(n, BLOCK), dtype=P.accumulation_dtype(b.dtype))
     for sl in blocks(n):
         ds = _task_vectors(deltas, sl)

@@ -148,7 +148,7 @@ class Stored:
     # (DELLA sees every |d| anyway): the L1 rescale then needs no pass of its own
     l1: tuple[float, float] | None = None
 
-    def _keep(self, sl: slice) -> torch.Tensor:
+    def keep_bytes(self, sl: slice) -> torch.Tensor:
         """The block's mask as 0/1 bytes (``uint8``)."""
         first = sl.start // 8
         unpacked = np.unpackbits(self.bits[first : (sl.stop + 7) // 8].numpy())
@@ -156,13 +156,13 @@ class Stored:
         return torch.from_numpy(unpacked[offset : offset + sl.stop - sl.start])
 
     def mask(self, scores: torch.Tensor, sl: slice) -> torch.Tensor:
-        return self._keep(sl).view(torch.bool)
+        return self.keep_bytes(sl).view(torch.bool)
 
     def apply(self, d: torch.Tensor, sl: slice) -> torch.Tensor:
-        return d.mul_(self._keep(sl))  # 0/1 bytes, not bools: see primitives.keep_only
+        return d.mul_(self.keep_bytes(sl))  # 0/1 bytes, not bools: see primitives.keep_only
 
     def block_keep(self, delta: Delta, sl: slice) -> BlockKeep:
-        return BlockKeep(mask=self._keep(sl).numpy())
+        return BlockKeep(mask=self.keep_bytes(sl).numpy())
 
 
 def pack(keep: torch.Tensor, bits: torch.Tensor, start: int) -> None:

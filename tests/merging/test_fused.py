@@ -190,3 +190,38 @@ def test_compiled_ram_gives_the_torch_bits(monkeypatch, name, epsilon, special):
             counts.append(ram._active_counts(deltas, epsilon))
         assert counts[0] == counts[1]
         assert all(u > 0 for u in counts[0][1]) or epsilon < 0
+
+
+@pytest.mark.parametrize("select_topk", [1.0, 0.5, 0.1])
+@pytest.mark.parametrize("special", [False, True])
+def test_compiled_sce_gives_the_torch_bits(monkeypatch, select_topk, special):
+    """sce's erase: the sign elected on the unweighted (selected) task vectors, weights after
+    the clamp, the divisor floored at 1e-6."""
+    from mergesearch.merging.methods import get_method
+
+    base, models = _family(10, special)
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
+        params = {"select_topk": select_topk}
+        results.append(get_method("sce").fn(models, base, [{}] * 3, params, None))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0, equal_nan=True)
+    assert not torch.equal(results[1], base)
+
+
+@pytest.mark.parametrize("models", [1, 2, 3])
+def test_compiled_variance_is_welfords_in_float64(monkeypatch, models):
+    """sce's score (what its top-k ranks) on a block and on a strided sample, both ways."""
+    from mergesearch.merging.methods import sce
+
+    base, xs = _family(11, special=True)
+    b = base.reshape(-1)
+    deltas = [SP.Delta(x.reshape(-1), b, tuple(base.shape)) for x in xs[:models]]
+    got = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
+        got.append([sce.variance(deltas, sl) for sl in (slice(100, 70_000), slice(3, None, 997))])
+    for torch_pass, compiled_pass in zip(*got, strict=True):
+        assert compiled_pass.dtype == torch.float32
+        torch.testing.assert_close(compiled_pass, torch_pass, rtol=0, atol=0, equal_nan=True)
+    assert models == 1 or got[1][0].count_nonzero() > 0
