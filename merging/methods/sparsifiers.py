@@ -112,29 +112,35 @@ class Top:
             kept &= ~self.outliers.mask(scores, sl.start)
         return kept
 
-    def apply(self, d: torch.Tensor, sl: slice) -> torch.Tensor:
-        # float ops: threshold |d| at the cut(s), then give the survivors d's signs back
+    def _cuts(self, sl: slice) -> tuple[float, float | None] | None:
+        """``(cut, ceiling)`` with "kept" == ``cut < |d| < ceiling`` on block ``sl`` (no ceiling
+        without outliers), or None for the block where a tie limit falls inside: the mask
+        decides there."""
         length = sl.stop - sl.start
         keep_cut = self.keep.cut(sl.start, length)
-        out_cut = self.outliers.cut(sl.start, length) if self.outliers is not None else None
-        if keep_cut is None or (self.outliers is not None and out_cut is None):
+        if keep_cut is None:
+            return None
+        if self.outliers is None:
+            return keep_cut, None
+        out_cut = self.outliers.cut(sl.start, length)  # an outlier: |d| > out_cut
+        return None if out_cut is None else (keep_cut, float32_above(out_cut))
+
+    def apply(self, d: torch.Tensor, sl: slice) -> torch.Tensor:
+        # float ops: threshold |d| at the cut(s), then give the survivors d's signs back
+        cuts = self._cuts(sl)
+        if cuts is None:
             return P.keep_only(d, self.mask(d.abs(), sl))
-        kept = torch.threshold(d.abs(), keep_cut, 0.0)
-        if out_cut is not None:  # not an outlier: |d| <= out_cut, i.e. -|d| > -above(out_cut)
-            kept = torch.threshold(kept.neg_(), -float32_above(out_cut), 0.0).neg_()
+        cut, ceiling = cuts
+        kept = torch.threshold(d.abs(), cut, 0.0)
+        if ceiling is not None:  # below the ceiling: -|d| > -ceiling
+            kept = torch.threshold(kept.neg_(), -ceiling, 0.0).neg_()
         return kept.copysign_(d)
 
     def block_keep(self, delta: Delta, sl: slice) -> BlockKeep:
-        length = sl.stop - sl.start
-        keep_cut = self.keep.cut(sl.start, length)
-        if self.outliers is None:
-            if keep_cut is not None:
-                return BlockKeep(cut=keep_cut)
-        else:
-            out_cut = self.outliers.cut(sl.start, length)
-            if keep_cut is not None and out_cut is not None:
-                return BlockKeep(cut=keep_cut, below=float32_above(out_cut))
-        return BlockKeep(mask=self.mask(delta.scores(sl), sl).view(torch.uint8).numpy())
+        cuts = self._cuts(sl)
+        if cuts is None:
+            return BlockKeep(mask=self.mask(delta.scores(sl), sl).view(torch.uint8).numpy())
+        return BlockKeep(cut=cuts[0], below=cuts[1])
 
 
 @dataclass(frozen=True)
