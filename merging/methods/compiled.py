@@ -92,6 +92,12 @@ if numba is not None:
         return _as_float(word)
 
     @numba.njit(inline="always")
+    def task_vector(x_half, base):
+        """``x - b`` as torch computes it for bfloat16 tensors (rounded to bfloat16), then as
+        float32: ``x_half`` a bfloat16 pattern, ``base`` already widened."""
+        return widen(narrow(widen(x_half) - base))
+
+    @numba.njit(inline="always")
     def widen_into(half, out):
         """bfloat16 patterns ``half`` as float32 into ``out`` (the first ``len(half)``)."""
         for j in range(half.shape[0]):

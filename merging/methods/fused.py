@@ -27,7 +27,13 @@ import torch
 from mergesearch.merging.methods.compiled import CHUNK, bits, jit, numba
 
 if numba is not None:
-    from mergesearch.merging.methods.compiled import copysign, narrow, widen, widen_into
+    from mergesearch.merging.methods.compiled import (
+        copysign,
+        narrow,
+        task_vector,
+        widen,
+        widen_into,
+    )
 
 
 class BlockKeep(NamedTuple):
@@ -41,19 +47,25 @@ class BlockKeep(NamedTuple):
 
 if numba is not None:
 
+    @numba.njit(inline="always")
+    def _kept(d, mask, j, mode, cut, below):
+        """Entry ``j`` of the task vector under the block's rule: 0 keep, 1 times the 0/1
+        ``mask[j]``, 2 ``|d| > cut`` (torch.threshold: NaN stays), 3 also ``|d| < below``."""
+        if mode == 1:
+            return d * np.float32(mask[j])
+        if mode >= 2:
+            kept = copysign(d, np.float32(1.0))
+            kept = np.float32(0.0) if kept <= cut else kept
+            if mode == 3:
+                kept = np.float32(0.0) if kept >= below else kept
+            return copysign(kept, d)
+        return d
+
     @jit()
     def _term(x, b32, mask, mode, cut, below, scale, weight, term):
         """``D_i`` of one chunk into ``term``: kept ``x - b``, rescaled, weighted."""
         for j in range(term.shape[0]):
-            d = widen(narrow(widen(x[j]) - b32[j]))  # torch's bfloat16 x - b, then float32
-            if mode == 1:
-                d = d * np.float32(mask[j])
-            elif mode >= 2:  # torch.threshold: x <= cut -> 0 (NaN stays)
-                kept = copysign(d, np.float32(1.0))
-                kept = np.float32(0.0) if kept <= cut else kept
-                if mode == 3:
-                    kept = np.float32(0.0) if kept >= below else kept
-                d = copysign(kept, d)
+            d = _kept(task_vector(x[j], b32[j]), mask, j, mode, cut, below)
             if scale != 1:
                 d = d * scale
             term[j] = d * weight
@@ -97,9 +109,6 @@ if numba is not None:
         norm is a rescale factor, exact to float32 whatever the order."""
         k, n = len(models), base.shape[0]
         b32 = np.empty(CHUNK, np.float32)
-        kept = np.empty(CHUNK, np.float32)
-        d = np.empty(CHUNK, np.float32)
-        one = np.float32(1.0)
         for c0 in range(0, n, CHUNK):
             m = min(CHUNK, n - c0)
             bc = base[c0 : c0 + m]
@@ -107,13 +116,11 @@ if numba is not None:
             for i in range(k):
                 mask = masks[i][c0 : c0 + m] if modes[i] == 1 else masks[i]
                 x = models[i][c0 : c0 + m]
-                _term(x, b32, mask, modes[i], cuts[i], belows[i], one, one, kept[:m])
-                for j in range(m):
-                    d[j] = widen(narrow(widen(x[j]) - b32[j]))
                 total = chosen = 0.0
-                for j in range(m):
-                    total += abs(d[j])
-                    chosen += abs(kept[j])
+                for j in range(m):  # each d once: its magnitude and, kept, the chosen one
+                    d = task_vector(x[j], b32[j])
+                    total += abs(d)
+                    chosen += abs(_kept(d, mask, j, modes[i], cuts[i], belows[i]))
                 sums[i, 0] += total
                 sums[i, 1] += chosen
 
@@ -188,7 +195,7 @@ if numba is not None:
 
 
 def _mode(keep: BlockKeep) -> int:
-    """0 keep all, 1 a mask, 2 a cut, 3 a cut and a ceiling (``_term``)."""
+    """0 keep all, 1 a mask, 2 a cut, 3 a cut and a ceiling (``_kept``)."""
     if keep.mask is not None:
         return 1
     if keep.cut is None:

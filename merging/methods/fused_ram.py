@@ -15,7 +15,12 @@ import torch
 from mergesearch.merging.methods.compiled import CHUNK, bits, jit, numba
 
 if numba is not None:
-    from mergesearch.merging.methods.compiled import copysign, narrow, widen, widen_into
+    from mergesearch.merging.methods.compiled import (
+        copysign,
+        narrow,
+        task_vector,
+        widen_into,
+    )
 
 if numba is not None:
 
@@ -26,7 +31,7 @@ if numba is not None:
         ``all_active``)."""
         one = np.float32(1.0)
         for j in range(kept.shape[0]):
-            d = widen(narrow(widen(x[j]) - b32[j]))
+            d = task_vector(x[j], b32[j])
             magnitude = copysign(d, one)
             magnitude = np.float32(0.0) if magnitude <= epsilon else magnitude
             active[j] = one if all_active or magnitude > 0 else np.float32(0.0)

@@ -18,7 +18,13 @@ import torch
 from mergesearch.merging.methods.compiled import CHUNK, bits, jit, numba
 
 if numba is not None:
-    from mergesearch.merging.methods.compiled import copysign, narrow, widen, widen_into
+    from mergesearch.merging.methods.compiled import (
+        copysign,
+        narrow,
+        task_vector,
+        widen,
+        widen_into,
+    )
 
     @jit()
     def _sce_block(base, models, mask, masked, weights, floor, out):
@@ -37,7 +43,7 @@ if numba is not None:
             for i in range(k):
                 x = models[i][c0 : c0 + m]
                 for j in range(m):
-                    d = widen(narrow(widen(x[j]) - b32[j]))
+                    d = task_vector(x[j], b32[j])
                     terms[i, j] = d * np.float32(kept_here[j]) if masked else d
             for j in range(m):
                 total = terms[0, j]
@@ -64,10 +70,10 @@ if numba is not None:
         k = len(models)
         for j in range(base.shape[0]):
             b = widen(base[j])
-            mean = np.float64(widen(narrow(widen(models[0][j]) - b)))
+            mean = np.float64(task_vector(models[0][j], b))
             m2 = 0.0
             for i in range(1, k):
-                x = np.float64(widen(narrow(widen(models[i][j]) - b)))
+                x = np.float64(task_vector(models[i][j], b))
                 delta = x - mean
                 mean = mean + delta / np.float64(i + 1)
                 step = delta * (x - mean)
