@@ -73,6 +73,15 @@ if numba is not None:
 
         return types.uint32(types.float32), codegen
 
+    @intrinsic
+    def fma(typingctx, x, y, z):
+        """``x * y + z`` rounded once (float32), as torch's vectorized ``add(z, x, alpha=y)``."""
+
+        def codegen(context, builder, signature, args):
+            return builder.fma(*args)
+
+        return types.float32(types.float32, types.float32, types.float32), codegen
+
     @numba.njit(inline="always")
     def widen(half):
         return _as_float(np.uint32(half) << np.uint32(16))

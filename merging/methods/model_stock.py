@@ -10,6 +10,7 @@ import torch
 
 from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import compiled, fused_angles
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.base import BaseRole, MergeMethod, register
 from mergesearch.merging.methods.draws import Draws
@@ -40,16 +41,12 @@ def _mean_cosine(dots: dict[tuple[int, int], torch.Tensor], n: int) -> torch.Ten
 def _flat_dots(
     flats: list[torch.Tensor], flat_b: torch.Tensor
 ) -> dict[tuple[int, int], torch.Tensor]:
-    """Every dot product of the offsets ``x_i - b`` of whole flat tensors: partial sums per
-    block, added in float64. No offset of the full size is ever held."""
+    """Every dot product of the offsets ``x_i - b`` of whole flat tensors (``P.gram``, block by
+    block, so no offset of the full size is ever held), in the accumulation dtype."""
     keys = [*combinations(range(len(flats)), 2), *_squares(len(flats))]
     acc = P.accumulation_dtype(flat_b.dtype)
-    sums = dict.fromkeys(keys, 0.0)
-    for sl in blocks(flat_b.numel()):
-        offsets = [torch.sub(x[sl], flat_b[sl]).to(acc) for x in flats]
-        for i, j in keys:
-            sums[i, j] += float(dot(offsets[i], offsets[j]))
-    return {k: torch.tensor([v], dtype=acc) for k, v in sums.items()}
+    sums = P.gram(flats, flat_b, round_offsets=True)
+    return {(i, j): sums[i, j].reshape(1).to(acc) for i, j in keys}
 
 
 def _blockwise_dots(
@@ -110,7 +107,11 @@ def _one_ratio(inputs: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
     n = len(inputs)
     ratio = _ratio(_flat_dots(flats, flat_b), n).reshape(1)
     out = buffers.empty_like(flat_b, reuse=flat_b)  # each block of b is read before written
+    fast = compiled.applies(flat_b.dtype, *(x.dtype for x in flats))
     for sl in blocks(flat_b.numel()):
+        if fast:
+            fused_angles.stock_mix([x[sl] for x in flats], flat_b[sl], float(ratio), out[sl])
+            continue
         average = sum(x[sl] for x in flats) / n
         out[sl] = ratio * average + (1 - ratio) * flat_b[sl]
     return out.reshape(base.shape)

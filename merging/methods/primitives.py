@@ -21,6 +21,7 @@ import torch
 
 from mergesearch.merging import buffers
 from mergesearch.merging.errors import ConfigError
+from mergesearch.merging.methods import compiled, fused_angles
 from mergesearch.merging.methods import selection as S
 
 # Sizes above which the threshold search samples first (see ``selection.kth_largest``).
@@ -212,12 +213,7 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     """
     a = v0.detach().reshape(-1)
     b = v1.detach().reshape(-1)
-    aa = bb = ab = 0.0
-    for sl in S.blocks(a.numel()):
-        x, y = a[sl].to(torch.float32), b[sl].to(torch.float32)
-        aa += float(dot(x, x))
-        bb += float(dot(y, y))
-        ab += float(dot(x, y))
+    aa, bb, ab = _self_and_cross(gram([a, b]))
     norm_a, norm_b = math.sqrt(aa), math.sqrt(bb)
     cos = ab / (
         (norm_a if norm_a > SLERP_NORM_EPS else 1.0) * (norm_b if norm_b > SLERP_NORM_EPS else 1.0)
@@ -230,9 +226,18 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
         c0 = math.sin((1.0 - t) * theta) / sin_theta
         c1 = math.sin(t * theta) / sin_theta
     out = buffers.empty_like(a)
+    fast = compiled.applies(a.dtype, b.dtype)
     for sl in S.blocks(a.numel()):
-        out[sl] = torch.add(a[sl].to(torch.float32) * c0, b[sl].to(torch.float32), alpha=c1)
+        if fast:
+            fused_angles.slerp_mix(a[sl], b[sl], c0, c1, out[sl])
+        else:
+            out[sl] = torch.add(a[sl].to(torch.float32) * c0, b[sl].to(torch.float32), alpha=c1)
     return out.reshape(v0.shape)
+
+
+def _self_and_cross(g: torch.Tensor) -> tuple[float, float, float]:
+    """``(a.a, b.b, a.b)`` from the Gram matrix of ``a`` and ``b``."""
+    return float(g[0, 0]), float(g[1, 1]), float(g[0, 1])
 
 
 def nuslerp(
@@ -255,16 +260,16 @@ def nuslerp(
     if flatten or v0.dim() <= 1:  # one vector: the whole tensor
         a, b, dst = v0.detach().reshape(-1), v1.detach().reshape(-1), out.reshape(-1)
         o = origin.detach().reshape(-1) if origin is not None else None
-        spans = list(S.blocks(a.numel()))
-        sums = [0.0, 0.0, 0.0]
-        for sl in spans:
-            x, y = _offsets(a[sl], b[sl], o[sl] if o is not None else None)
-            for i, (u, w) in enumerate(((x, x), (y, y), (x, y))):
-                sums[i] += float(dot(u, w))
-        k0, k1 = _slerp_coefficients(t, *torch.tensor(sums, dtype=torch.float32))
-        for sl in spans:
-            x, y = _offsets(a[sl], b[sl], o[sl] if o is not None else None)
-            dst[sl] = _mix(k0, k1, x, y, o[sl] if o is not None else None, v0.dtype)
+        dots = _self_and_cross(gram([a, b], o, round_offsets=True))
+        k0, k1 = _slerp_coefficients(t, *torch.tensor(dots, dtype=torch.float32))
+        fast = compiled.applies(a.dtype, b.dtype, *([o.dtype] if o is not None else []))
+        for sl in S.blocks(a.numel()):
+            osl = o[sl] if o is not None else None
+            if fast:
+                fused_angles.nuslerp_mix(a[sl], b[sl], osl, float(k0), float(k1), dst[sl])
+            else:
+                x, y = _offsets(a[sl], b[sl], osl)
+                dst[sl] = _mix(k0, k1, x, y, osl, v0.dtype)
         return out
     rows = v0.shape[0] if row_wise else v0.numel() // v0.shape[-1]
     width = v0.numel() // max(1, rows)
@@ -334,22 +339,41 @@ def _slerp_coefficients(
 # pass forms the result. No copy, stack or unit vector of the tensor's size is ever made.
 
 
-def gram(vectors: Sequence[torch.Tensor], origin: torch.Tensor | None = None) -> torch.Tensor:
+def gram(
+    vectors: Sequence[torch.Tensor],
+    origin: torch.Tensor | None = None,
+    *,
+    round_offsets: bool = False,
+) -> torch.Tensor:
     """``G_ij = (v_i - o) . (v_j - o)`` of flat tensors (``o = 0`` without ``origin``), float64.
 
-    Block by block: per-block dot products (``dot``, accurate) added up in float64.
+    The offsets are formed in float32 for 16-bit inputs, or with ``round_offsets`` in the
+    inputs' dtype (as nuslerp's and model_stock's ``x - b``). Block by block; 16-bit inputs
+    multiply and sum in float64, where a product of two of them is exact (in float32 one would
+    overflow past 1.8e19 or vanish below 1e-23), so either path (compiled or torch) sums exact
+    terms, in different orders: they agree to about 1e-15 relative. Wider inputs keep their own
+    products (``dot``), added up in float64.
     """
     flats = [v.detach().reshape(-1) for v in vectors]
     o = origin.detach().reshape(-1) if origin is not None else None
     n = len(flats)
-    sums = [[0.0] * n for _ in range(n)]
+    sums = np.zeros((n, n), dtype=np.float64)
     acc = accumulation_dtype(flats[0].dtype)
+    wide = torch.float64 if acc != flats[0].dtype else acc
+    fast = compiled.applies(*(f.dtype for f in flats), *([o.dtype] if o is not None else []))
     for sl in S.blocks(flats[0].numel()):
-        parts = [_offset(f[sl], o[sl] if o is not None else None, acc) for f in flats]
+        osl = o[sl] if o is not None else None
+        if fast:
+            fused_angles.gram([f[sl] for f in flats], osl, round_offsets, sums)
+            continue
+        if round_offsets and osl is not None:
+            parts = [torch.sub(f[sl], osl).to(wide) for f in flats]
+        else:
+            parts = [_offset(f[sl], osl, acc).to(wide) for f in flats]
         for i in range(n):
             for j in range(i, n):
-                sums[i][j] += float(dot(parts[i], parts[j]))
-    g = torch.tensor(sums, dtype=torch.float64)
+                sums[i, j] += float(dot(parts[i], parts[j]))
+    g = torch.from_numpy(sums)
     return torch.triu(g) + torch.triu(g, 1).T
 
 

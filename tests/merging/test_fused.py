@@ -1,5 +1,6 @@
-"""The compiled task-arithmetic pass (``fused``) against the torch pass it replaces: the same
-bits for every variant of the family, special values included, and the same random stream."""
+"""The compiled loops (``fused``, ``fused_ram``, ``fused_sce``, ``fused_angles``) against the torch
+passes they replace: the same bits for every variant, special values included, and the same
+random stream."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import pytest
 import torch
 
 from mergesearch.merging.methods import compiled
+from mergesearch.merging.methods import fused_angles as FA
+from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods import selection as S
 from mergesearch.merging.methods import sparsifiers as SP
 from mergesearch.merging.methods import task_arithmetic as TA
+from mergesearch.merging.methods.base import get_method
 from mergesearch.merging.methods.draws import Draws
 
 pytestmark = pytest.mark.skipif(compiled.numba is None, reason="numba is not installed")
@@ -225,3 +229,139 @@ def test_compiled_variance_is_welfords_in_float64(monkeypatch, models):
         assert compiled_pass.dtype == torch.float32
         torch.testing.assert_close(compiled_pass, torch_pass, rtol=0, atol=0, equal_nan=True)
     assert models == 1 or got[1][0].count_nonzero() > 0
+
+
+def _pair(seed: int, n: int, spread: float, special: bool):
+    """Two bfloat16 vectors ``spread`` apart (relative) and a third as an origin; with
+    ``special`` zeros, a huge entry and a NaN."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, generator=g)
+    b, o = (a + spread * torch.randn(n, generator=g) for _ in range(2))
+    vectors = [v.to(torch.bfloat16) for v in (a, b, o)]
+    if special:
+        for i, v in enumerate(vectors):
+            v[i::89] = 0.0
+            v[3 + i :: 4099] = 3e38 if i else -3e38
+        vectors[1][n // 2] = float("nan")
+    return vectors
+
+
+def _slerps(monkeypatch, f):
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
+        results.append(f())
+    return results
+
+
+@pytest.mark.parametrize("n", [1, 7, 31, 1000, 2 * S.BLOCK + 13])
+@pytest.mark.parametrize("spread", [1e-3, 0.3, 3.0])
+def test_compiled_slerps_give_the_torch_bits(monkeypatch, n, spread):
+    """slerp and nuslerp over whole tensors (with and without an origin): the compiled dot
+    products and combinations give the torch ops' bits, lerp's fallback (nearly parallel
+    inputs at 1e-3) included, over block boundaries and vector-width tails."""
+    a, b, o = _pair(n, n, spread, special=False)
+    calls = {
+        "slerp": lambda: P.slerp(0.3, a, b),
+        "nuslerp": lambda: P.nuslerp(0.4, a, b, flatten=True, row_wise=False),
+        "nuslerp over an origin": lambda: P.nuslerp(
+            0.4, a, b, flatten=True, row_wise=False, origin=o
+        ),
+    }
+    for name, f in calls.items():
+        torch_out, compiled_out = _slerps(monkeypatch, f)
+        assert torch_out.dtype == torch.bfloat16
+        assert torch.equal(torch_out.view(torch.int16), compiled_out.view(torch.int16)), name
+
+
+def test_compiled_slerp_specials_and_dots(monkeypatch):
+    """NaN, zeros and 3e38 (whose square overflows float32 but not the float64 sums): the
+    same values both ways (any NaN for a NaN), and the dot products agree to 4e-15 relative."""
+    a, b, o = _pair(5, 2 * S.BLOCK + 3, 0.3, special=True)
+    for f in (
+        lambda: P.slerp(0.3, a, o),
+        lambda: P.nuslerp(0.4, a, o, flatten=True, row_wise=False, origin=b),
+    ):
+        torch_out, compiled_out = _slerps(monkeypatch, f)
+        torch.testing.assert_close(compiled_out, torch_out, rtol=0, atol=0, equal_nan=True)
+    x, y = _pair(6, 3 * S.BLOCK + 1, 0.3, special=False)[:2]
+    torch_gram, compiled_gram = _slerps(monkeypatch, lambda: P.gram([x, y]))
+    exact = [float((u.double() * w.double()).sum()) for u, w in ((x, x), (y, y), (x, y))]
+    for g in (torch_gram, compiled_gram):
+        got = [float(g[0, 0]), float(g[1, 1]), float(g[0, 1])]
+        assert got == pytest.approx(exact, rel=4e-15)
+        assert float(g[1, 0]) == got[2]
+
+
+def test_compiled_slerp_fuses_the_second_product_as_torch_add_does(monkeypatch):
+    """``torch.add(a * c0, b, alpha=c1)`` rounds ``a * c0`` and fuses ``b * c1`` into the sum;
+    rounding both products (what a plain loop would do) differs on about one element in 1e5
+    of this tensor, so this comparison would catch it."""
+    a, b, _ = _pair(7, 1 << 20, 3.0, special=False)
+    c0, c1 = 0.7123456789, 0.2876543211
+    want = torch.add(a.float() * c0, b.float(), alpha=c1).to(torch.bfloat16)
+    got = torch.empty_like(a)
+    FA.slerp_mix(a, b, c0, c1, got)
+    plain = (a.float() * np.float32(c0) + b.float() * np.float32(c1)).to(torch.bfloat16)
+    assert not torch.equal(plain, want)  # the data tells the two roundings apart
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+@pytest.mark.parametrize("round_offsets", [False, True])
+@pytest.mark.parametrize("origin", [False, True])
+def test_compiled_gram_is_the_torch_gram(monkeypatch, round_offsets, origin):
+    """Four vectors' Gram matrix, offsets from an origin formed in float32 (multislerp,
+    karcher) or in bfloat16 (nuslerp, model_stock), agrees to 4e-15 relative both ways;
+    the rounded and float32 offsets do differ, so each mode is checked."""
+    *vectors, last = _pair(8, 2 * S.BLOCK + 5, 0.3, False) + _pair(9, 2 * S.BLOCK + 5, 0.3, False)
+    o = last if origin else None
+    torch_gram, compiled_gram = _slerps(
+        monkeypatch, lambda: P.gram(vectors, o, round_offsets=round_offsets)
+    )
+    assert torch_gram.shape == (5, 5)
+    torch.testing.assert_close(compiled_gram, torch_gram, rtol=4e-15, atol=0)
+    if origin:
+        other = P.gram(vectors, o, round_offsets=not round_offsets)
+        assert not torch.allclose(other, torch_gram, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("method", "special"),
+    # multislerp refuses NaN task vectors (their unit sum is not finite): no special case
+    [
+        ("model_stock", False),
+        ("model_stock", True),
+        ("multislerp", False),
+        ("karcher", False),
+        ("karcher", True),
+    ],
+)
+def test_compiled_gram_methods_give_the_torch_bits(monkeypatch, method, special):
+    """model_stock (compiled Gram and combination) and multislerp / karcher (compiled Gram):
+    the same result both ways, over block boundaries, NaN and 3e38 included."""
+    base, x, y = _pair(10, 2 * S.BLOCK + 7, 0.3, special=special)
+    z = _pair(11, 2 * S.BLOCK + 7, 0.3, special=False)[0]
+    spec = get_method(method)
+    params = dict(spec.global_params)
+    per_model = [{"weight": w} for w in (0.5, 0.3, 0.2)]
+    results = _slerps(
+        monkeypatch,
+        lambda: spec.fn([x, y, z], None if method == "karcher" else base, per_model, params, None),
+    )
+    assert results[0].dtype == torch.bfloat16
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0, equal_nan=True)
+
+
+def test_compiled_stock_mix_rounds_each_product_as_torch_does():
+    """model_stock's ``ratio * average + (1 - ratio) * base``: two rounded float32 products
+    and a sum, as the torch ops round them. A fused second product differs on about five
+    elements in 1e6 here, so 4e6 elements would show it."""
+    g = torch.Generator().manual_seed(12)
+    n = 1 << 22
+    base = torch.randn(n, generator=g).to(torch.bfloat16)
+    models = [(base.float() + torch.randn(n, generator=g)).to(torch.bfloat16) for _ in range(3)]
+    ratio = torch.tensor([0.7123], dtype=torch.float32)
+    want = (ratio * (sum(models) / 3) + (1 - ratio) * base).to(torch.bfloat16)
+    got = torch.empty_like(base)
+    FA.stock_mix(models, base, float(ratio), got)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))

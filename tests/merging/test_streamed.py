@@ -201,7 +201,20 @@ def test_methods_that_need_whole_tensors_never_stream(family):
 
 
 @pytest.mark.parametrize(
-    "method", ["dare_ties", "dare_linear", "breadcrumbs_ties", "della", "ramplus_tl", "sce"]
+    "method",
+    [
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs_ties",
+        "della",
+        "ramplus_tl",
+        "sce",
+        "slerp",
+        "nuslerp",
+        "model_stock",
+        "multislerp",
+        "karcher",
+    ],
 )
 def test_compiled_loops_write_the_torch_bits_through_the_engine(
     method, family, tmp_path, monkeypatch
