@@ -401,14 +401,21 @@ def combine(
     o = origin.detach().reshape(-1) if origin is not None else None
     acc = accumulation_dtype(first.dtype)
     out = buffers.empty_like(flats[0])
+    fast = compiled.applies(*(f.dtype for f in flats), *([o.dtype] if o is not None else []))
+    weights = [float32_scalar(c) for c in coefficients]
     for sl in S.blocks(first.numel()):
+        if fast:
+            fused_angles.combine(
+                [f[sl] for f in flats], o[sl] if o is not None else None, weights, out[sl]
+            )
+            continue
         total = None
-        for f, c in zip(flats, coefficients, strict=True):
+        for f, c in zip(flats, weights, strict=True):
             term = _offset(f[sl], o[sl] if o is not None else None, acc)
             if total is None:
-                total = term.mul(float32_scalar(c))  # a new tensor: never an input's storage
+                total = term.mul(c)  # a new tensor: never an input's storage
             else:
-                total.add_(term, alpha=float32_scalar(c))
+                total.add_(term, alpha=c)
         assert total is not None
         if o is not None:
             total.add_(o[sl])

@@ -365,3 +365,15 @@ def test_compiled_stock_mix_rounds_each_product_as_torch_does():
     got = torch.empty_like(base)
     FA.stock_mix(models, base, float(ratio), got)
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+
+@pytest.mark.parametrize("origin", [False, True])
+def test_compiled_combine_rounds_as_the_torch_ops(monkeypatch, origin):
+    """multislerp's and karcher's ``o + sum c_i (v_i - o)``: the first product rounded, the
+    later ones fused into the running sum, ``o`` last (4e6 elements: a rounded second product
+    differs on a few of them)."""
+    vectors = _pair(13, 1 << 22, 1.0, special=False)
+    o = _pair(14, 1 << 22, 1.0, special=False)[0] if origin else None
+    coefficients = [0.7123456789, -0.2876543211, 1.3e-3]
+    torch_out, compiled_out = _slerps(monkeypatch, lambda: P.combine(vectors, coefficients, o))
+    assert torch.equal(torch_out.view(torch.int16), compiled_out.view(torch.int16))
