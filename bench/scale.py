@@ -59,6 +59,7 @@ from bench.merge_speed import (  # noqa: E402
     referenced_models,
     timed_run,
 )
+from mergesearch.merging.direct_io import open_output  # noqa: E402
 
 GB = 1e9
 MISTRAL = {
@@ -307,14 +308,21 @@ def read_once(paths: list[Path]) -> tuple[float, int]:
 
 
 def write_once(target: Path, nbytes: int) -> float:
-    """Seconds to write ``nbytes`` to ``target`` and fsync it (the file is removed after)."""
-    view = memoryview(bytearray(64 * 2**20))
+    """Seconds to write ``nbytes`` to ``target`` and fsync it (the file is removed after).
+
+    The bytes go out as the merge's own output does (``direct_io.open_output``: ``O_DIRECT``
+    where the filesystem takes it, ``MERGESEARCH_DIRECT_IO=0`` for the page cache), so the floor
+    is the fastest way this disk takes a file, not a slower one the merge avoids."""
+    chunk = torch.zeros(64 * 2**20, dtype=torch.uint8)
     os.sync()
     started = time.perf_counter()
-    with open(target, "wb", buffering=0) as fh:
-        left = nbytes
-        while left:
-            left -= fh.write(view[: min(left, len(view))])
+    out = open_output(target)
+    left = nbytes
+    while left:
+        out.write(chunk[: min(left, chunk.numel())])
+        left -= min(left, chunk.numel())
+    out.close()
+    with open(target, "rb") as fh:
         os.fsync(fh.fileno())
     seconds = time.perf_counter() - started
     target.unlink()

@@ -13,6 +13,7 @@ once they no longer need its memory, so the engine lends that buffer again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import shutil
@@ -21,12 +22,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from mergesearch.merging.atomic import cleanup_stale_temps, fsync_files, replace_dir, temp_sibling
 from mergesearch.merging.buffers import nbytes
+from mergesearch.merging.direct_io import OutputFile, open_output
 from mergesearch.merging.errors import ConfigError, MergeRuntimeError
 
 SAFETENSORS_NAMES = {
@@ -276,7 +278,7 @@ class DiskSink:
         self._order = [(shard, name) for shard in self.shards for name in shard.names]
         self._position = 0
         self._row = 0  # rows of the current tensor already queued (written in parts)
-        self._file: BinaryIO | None = None
+        self._file: OutputFile | None = None
         self._finished = False
         # a few tensors (or parts) wait for the writer; the engine's bound counts them
         self._queue: queue.Queue[_Item | None] = queue.Queue(4)
@@ -340,8 +342,7 @@ class DiskSink:
         if item.first and shard.names[0] == item.name:
             self._open(shard)
         assert self._file is not None
-        data = item.tensor.contiguous()
-        self._file.write(memoryview(data.view(torch.uint8).numpy()) if data.numel() else b"")
+        self._file.write(item.tensor)
         if item.last and shard.names[-1] == item.name:
             self._file.close()
             self._file = None
@@ -358,9 +359,8 @@ class DiskSink:
             raise err
 
     def _open(self, shard: _Shard) -> None:
-        self._file = (self.tmp / shard.filename).open("wb", buffering=8 * 2**20)
-        self._file.write(len(shard.header).to_bytes(8, "little"))
-        self._file.write(shard.header)
+        self._file = open_output(self.tmp / shard.filename)
+        self._file.write(len(shard.header).to_bytes(8, "little") + shard.header)
 
     def finish(self) -> Path:
         self._stop_writer()
@@ -382,7 +382,9 @@ class DiskSink:
     def close(self) -> None:
         self._stop_writer()
         if self._file is not None:
-            self._file.close()
+            # an unfinished shard: its folder is removed below, whatever this close writes
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
         if not self._finished and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
