@@ -52,6 +52,17 @@ def applies(*dtypes: torch.dtype) -> bool:
     return enabled() and all(dtype == torch.bfloat16 for dtype in dtypes)
 
 
+def applies_to(*tensors: torch.Tensor | None) -> bool:
+    """``applies`` to the dtypes of these tensors (an absent one, ``None``, does not count)."""
+    return applies(*(t.dtype for t in tensors if t is not None))
+
+
+def bits_or(t: torch.Tensor | None, stand_in: torch.Tensor) -> tuple[bool, np.ndarray]:
+    """``(t is given, its bits)``, or ``stand_in``'s bits where ``t`` is absent: a compiled
+    loop takes an array either way and a flag that says whether to read it."""
+    return t is not None, bits(t if t is not None else stand_in)
+
+
 def bits(t: torch.Tensor) -> np.ndarray:
     """A contiguous bfloat16 tensor's storage as uint16 (no copy)."""
     return t.view(torch.int16).numpy().view(np.uint16)

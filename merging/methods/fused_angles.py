@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mergesearch.merging.methods.compiled import CHUNK, bits, jit, numba
+from mergesearch.merging.methods.compiled import CHUNK, bits, bits_or, jit, numba
 
 if numba is not None:
     from mergesearch.merging.methods.compiled import fma, narrow, task_vector, widen
@@ -106,8 +106,7 @@ def combine(
     out: torch.Tensor,
 ) -> None:
     """``out`` (a block of the result) = ``o + sum c_i (v_i - o)`` (see ``_combine``)."""
-    offsets = origin is not None
-    first = bits(origin if offsets else vectors[0])
+    offsets, first = bits_or(origin, vectors[0])
     weights = np.array(coefficients, np.float32)
     _combine(tuple(bits(v) for v in vectors), first, offsets, weights, bits(out))
 
@@ -116,8 +115,7 @@ def gram(
     vectors: list[torch.Tensor], origin: torch.Tensor | None, rounded: bool, sums: np.ndarray
 ) -> None:
     """Add one block's dot products to the upper triangle of ``sums`` (float64, k x k)."""
-    offsets = origin is not None
-    first = bits(origin if offsets else vectors[0])
+    offsets, first = bits_or(origin, vectors[0])
     _gram(tuple(bits(v) for v in vectors), first, offsets, rounded, sums)
 
 
@@ -135,8 +133,7 @@ def nuslerp_mix(
     out: torch.Tensor,
 ) -> None:
     """``out`` (a block of the result) = ``k0 x + k1 y`` (plus ``o``: see ``_nuslerp_mix``)."""
-    offsets = o is not None
-    origin = bits(o if offsets else a)
+    offsets, origin = bits_or(o, a)
     _nuslerp_mix(bits(a), bits(b), origin, offsets, np.float32(k0), np.float32(k1), bits(out))
 
 

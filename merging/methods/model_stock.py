@@ -107,7 +107,7 @@ def _one_ratio(inputs: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
     n = len(inputs)
     ratio = _ratio(_flat_dots(flats, flat_b), n).reshape(1)
     out = buffers.empty_like(flat_b, reuse=flat_b)  # each block of b is read before written
-    fast = compiled.applies(flat_b.dtype, *(x.dtype for x in flats))
+    fast = compiled.applies_to(flat_b, *flats)
     for sl in blocks(flat_b.numel()):
         if fast:
             fused_angles.stock_mix([x[sl] for x in flats], flat_b[sl], float(ratio), out[sl])

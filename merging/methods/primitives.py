@@ -226,7 +226,7 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
         c0 = math.sin((1.0 - t) * theta) / sin_theta
         c1 = math.sin(t * theta) / sin_theta
     out = buffers.empty_like(a)
-    fast = compiled.applies(a.dtype, b.dtype)
+    fast = compiled.applies_to(a, b)
     for sl in S.blocks(a.numel()):
         if fast:
             fused_angles.slerp_mix(a[sl], b[sl], c0, c1, out[sl])
@@ -262,7 +262,7 @@ def nuslerp(
         o = origin.detach().reshape(-1) if origin is not None else None
         dots = _self_and_cross(gram([a, b], o, round_offsets=True))
         k0, k1 = _slerp_coefficients(t, *torch.tensor(dots, dtype=torch.float32))
-        fast = compiled.applies(a.dtype, b.dtype, *([o.dtype] if o is not None else []))
+        fast = compiled.applies_to(a, b, o)
         for sl in S.blocks(a.numel()):
             osl = o[sl] if o is not None else None
             if fast:
@@ -360,7 +360,7 @@ def gram(
     sums = np.zeros((n, n), dtype=np.float64)
     acc = accumulation_dtype(flats[0].dtype)
     wide = torch.float64 if acc != flats[0].dtype else acc
-    fast = compiled.applies(*(f.dtype for f in flats), *([o.dtype] if o is not None else []))
+    fast = compiled.applies_to(*flats, o)
     for sl in S.blocks(flats[0].numel()):
         osl = o[sl] if o is not None else None
         if fast:
@@ -401,7 +401,7 @@ def combine(
     o = origin.detach().reshape(-1) if origin is not None else None
     acc = accumulation_dtype(first.dtype)
     out = buffers.empty_like(flats[0])
-    fast = compiled.applies(*(f.dtype for f in flats), *([o.dtype] if o is not None else []))
+    fast = compiled.applies_to(*flats, o)
     weights = [float32_scalar(c) for c in coefficients]
     for sl in S.blocks(first.numel()):
         if fast:
