@@ -16,6 +16,7 @@ cleared on the open file). ``MERGESEARCH_DIRECT_IO=0`` always writes buffered.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -136,4 +137,7 @@ class DirectFile:
             os.close(self._fd)
             self._fd = -1
             del self._stage
-            self._map.close()
+            # after a failed write the error's traceback may still hold a view of the buffer:
+            # the memory is then freed with it instead
+            with contextlib.suppress(BufferError):
+                self._map.close()

@@ -102,8 +102,14 @@ def test_other_write_errors_are_not_swallowed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(direct_io.os, "write", full_disk)
     out = direct_io.DirectFile(tmp_path / "out.bin", staging=8192)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space") as failed:
         out.write(torch.zeros(8192, dtype=torch.uint8))
+    # closing still reports the full disk (not that the failed write's traceback holds a view
+    # of the staging buffer), and lets the file go
+    with pytest.raises(OSError, match="No space"):
+        out.close()
+    assert out._fd == -1
+    del failed
 
 
 def test_a_merge_writes_the_same_files_direct_and_buffered(tmp_path, monkeypatch):

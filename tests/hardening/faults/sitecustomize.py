@@ -3,7 +3,8 @@
 Imported at start-up when this folder is on ``PYTHONPATH``. Two switches, both off by default:
 
 - ``MERGESEARCH_TEST_ENOSPC`` = ``PREFIX:BYTES``: files opened for writing under ``PREFIX``
-  raise ``OSError(ENOSPC)`` once more than ``BYTES`` have been written to them in total;
+  raise ``OSError(ENOSPC)`` once more than ``BYTES`` have been written to them in total,
+  through ``open`` or through ``os.open`` and ``os.write`` (the direct output files);
 - ``MERGESEARCH_TEST_DB_FULL`` = ``FLAG``: SQLite refuses every write with ``SQLITE_FULL``
   while the file ``FLAG`` exists (below).
 
@@ -57,6 +58,30 @@ if _SETTING:
         return _Full(handle) if writing and ours else handle
 
     io.open = builtins.open = _guarded_open
+
+    _os_open, _os_write, _os_close = os.open, os.write, os.close
+    _guarded_fds: set[int] = set()
+
+    def _guarded_os_open(path, flags, *args, **kwargs):
+        fd = _os_open(path, flags, *args, **kwargs)
+        writing = flags & (os.O_WRONLY | os.O_RDWR)
+        if writing and os.path.abspath(path).startswith(_prefix):
+            _guarded_fds.add(fd)
+        return fd
+
+    def _guarded_os_write(fd, data):
+        if fd in _guarded_fds:
+            size = memoryview(data).nbytes
+            if size > _Full.budget:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            _Full.budget -= size
+        return _os_write(fd, data)
+
+    def _guarded_os_close(fd):
+        _guarded_fds.discard(fd)
+        return _os_close(fd)
+
+    os.open, os.write, os.close = _guarded_os_open, _guarded_os_write, _guarded_os_close
 
 
 # ``MERGESEARCH_TEST_DB_FULL`` = FLAG: while the file FLAG exists, every SQLite statement that
