@@ -56,7 +56,7 @@ def _count(active: list[torch.Tensor]) -> torch.Tensor:
 def _active_counts(deltas: list[SP.Delta], epsilon: float) -> tuple[list[int], list[int]]:
     """Per model: how many elements it changes (active), and at how many it alone does."""
     b = deltas[0].b
-    if compiled.applies(b.dtype, *(d.x.dtype for d in deltas)):
+    if compiled.applies_to(b, *(d.x for d in deltas)):
         totals, uniques = np.zeros(len(deltas), np.int64), np.zeros(len(deltas), np.int64)
         for sl in blocks(deltas[0].numel):
             fused_ram.ram_counts(b[sl], [d.x[sl] for d in deltas], epsilon, totals, uniques)
@@ -103,7 +103,7 @@ def disjoint_merge(
     b = base.detach().reshape(-1)
     deltas = [SP.Delta(x.detach().reshape(-1), b, tuple(base.shape)) for x in inputs]
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
-    if compiled.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
+    if compiled.applies_to(b, out, *(d.x for d in deltas)):
         for sl in blocks(b.numel()):
             fused_ram.ram_block(b[sl], [d.x[sl] for d in deltas], epsilon, list(scales), out[sl])
         return out.reshape(base.shape)

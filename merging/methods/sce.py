@@ -49,7 +49,7 @@ def _task_vectors(deltas: list[SP.Delta], sl: slice) -> list[torch.Tensor]:
 def variance(deltas: list[SP.Delta], sl: slice) -> torch.Tensor:
     """Per-element population variance over the models of the task vectors in ``sl``."""
     b = deltas[0].b
-    if compiled.applies(b.dtype, *(d.x.dtype for d in deltas)):
+    if compiled.applies_to(b, *(d.x for d in deltas)):
         return fused_sce.variance_block(b[sl], [d.x[sl] for d in deltas])
     return P.population_variance(_task_vectors(deltas, sl))
 
@@ -102,7 +102,7 @@ def sce(
 
     # erase and average, block by block
     out = buffers.empty_like(b, reuse=b)  # each b[sl] is read before out[sl] is written
-    if compiled.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
+    if compiled.applies_to(b, out, *(d.x for d in deltas)):
         for sl in blocks(n):
             mask = keep.keep_bytes(sl) if keep is not None else None
             models = [d.x[sl] for d in deltas]

@@ -212,7 +212,7 @@ def della(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     align = 8 // math.gcd(width, 8)
     rows = max(align, BLOCK // width // align * align)
     sums = np.zeros(2)  # sum |d|, sum of the kept |d| (float64)
-    fast = compiled.applies(delta.b.dtype, delta.x.dtype)
+    fast = compiled.applies_to(delta.b, delta.x)
     probs = P.della_probabilities(width, density, epsilon)
     for sl in blocks(n, rows * width):
         draws = g.uniform(sl.stop - sl.start)

@@ -50,7 +50,7 @@ def _l1_rescale_factors(deltas: list[SP.Delta], rules: list[SP.KeepRule | None])
     if todo:
         b = deltas[0].b
         pending = np.zeros((len(todo), 2))
-        fast = compiled.applies(b.dtype, *(deltas[i].x.dtype for i in todo))
+        fast = compiled.applies_to(b, *(deltas[i].x for i in todo))
         for sl in blocks(b.numel()):
             if fast:
                 keeps = [rules[i].block_keep(deltas[i], sl) for i in todo]  # type: ignore[union-attr]
@@ -166,7 +166,7 @@ def generalized_task_arithmetic(
     compute = P.accumulation_dtype(b.dtype)
     ones = torch.ones(min(b.numel(), BLOCK), dtype=compute) if consensus else None
     floor = _divisor_floor(weights, compute)
-    if compiled.applies(b.dtype, out.dtype, *(d.x.dtype for d in deltas)):
+    if compiled.applies_to(b, out, *(d.x for d in deltas)):
         flags = (consensus, bool(params["normalize"]), floor, plain_divisor, lam)
         weights32 = [P.float32_scalar(w) for w in weights]
         for sl in blocks(b.numel()):
