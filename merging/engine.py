@@ -169,11 +169,18 @@ class Merger:
     ) -> torch.nn.Module:
         """An empty model of the merged architecture on ``device``, to be filled by
         ``merge_into`` (made there directly: a model for a GPU never passes through host
-        memory)."""
+        memory).
+
+        Its weights are left uninitialised: every one is overwritten by the first merge
+        (``ModelSink.close`` refuses a model with a tensor left unwritten), and drawing them
+        at random took 29 s of a search's start at Mistral-7B width with 8 layers, against 2 s
+        without. Buffers computed by the modules themselves (rotary frequencies) are kept.
+        """
         from transformers import AutoModelForCausalLM
+        from transformers.initialization import no_init_weights
 
         out_config = self.output_config(config)
-        with torch.device(device):
+        with torch.device(device), no_init_weights():
             model = AutoModelForCausalLM.from_config(
                 out_config,
                 trust_remote_code=self.trust_remote_code,

@@ -256,6 +256,25 @@ def test_merge_into_live_model_equals_disk(family, tmp_path):
         assert torch.equal(live[name], tensor), name
 
 
+def test_live_model_built_without_initialising_computes_like_the_saved_merge(family, tmp_path):
+    """``new_model`` skips the random initialisation of weights (the merge overwrites them);
+    what the modules compute for themselves (rotary frequencies, not in the state dict) must
+    still be there, so the live model's logits are the exported model's."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = load_merge_config(dare_config(family))
+    merger = Merger()
+    torch.manual_seed(0)
+    model = merger.new_model(cfg)
+    assert torch.rand(()) == torch.rand((), generator=torch.Generator().manual_seed(0))
+    merger.merge_into(cfg, model, seed=5)
+    merged(dare_config(family), tmp_path / "out", seed=5)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    tokens = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, saved(tokens).logits)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "qwen2"])
 def test_other_architectures_merge_and_load(arch, tmp_path):
     paths = make_family(tmp_path / "src", arch, n_models=3, seed=1)
