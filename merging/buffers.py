@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -104,6 +103,20 @@ class BufferPool:
             self._make_room(0)
         return True
 
+    def disown(self, tensor: torch.Tensor) -> None:
+        """Stop tracking a tensor ``take`` lent that now belongs to someone else (the cache):
+        ``give`` will not take it back, so it is never lent twice."""
+        with self._lock:
+            buf = self._lent.pop(tensor.untyped_storage().data_ptr(), None)
+            if buf is not None:
+                self._lent_bytes -= buf.numel()
+
+    def limit(self, max_bytes: int) -> None:
+        """A new bound (what a cache leaves of a shared one); idle buffers over it are dropped."""
+        with self._lock:
+            self.max_bytes = max(0, max_bytes)
+            self._make_room(0)
+
     def forget(self) -> None:
         """Stop tracking lent buffers (after a failed merge nobody gives them back); they are
         freed when their last user drops them."""
@@ -114,9 +127,12 @@ class BufferPool:
     def _make_room(self, size: int) -> None:
         """Drop idle buffers, largest first, until ``size`` more bytes fit under the bound."""
         while self._idle_bytes and self._idle_bytes + self._lent_bytes + size > self.max_bytes:
-            largest = max((s for s, stack in self._idle.items() if stack), default=0)
-            self._idle[largest].pop()
-            self._idle_bytes -= largest
+            self._drop_largest_idle()
+
+    def _drop_largest_idle(self) -> None:
+        largest = max((s for s, stack in self._idle.items() if stack), default=0)
+        self._idle[largest].pop()
+        self._idle_bytes -= largest
 
     @property
     def idle_bytes(self) -> int:
@@ -192,42 +208,52 @@ class Ticket:
 
 
 class TensorCache:
-    """LRU of source tensors by (model, name) whose bound also covers the jobs in flight.
+    """Source tensors by (model, name) under a bound that also covers the jobs in flight.
 
     The executor ``reserve``s the bytes of every job it starts (inputs, dtype copies, result)
     and ``release``s them as the job's buffers come back (inputs once computed, the result once
-    the sink is done with it); the cache keeps ``bytes + reserved <= max_bytes`` by evicting
-    its oldest entries, so the source tensors and results the engine holds never exceed the
-    bound, whether cached or in flight (a job that alone exceeds it runs alone). Inputs that
-    are also cached count twice: the bound errs on the safe side. ``store=False`` (a one-off
-    merge, which reads every tensor once) caches nothing and bounds only what is in flight.
+    the sink is done with it); the cache keeps ``bytes + reserved`` (plus the idle buffers of
+    ``spare``, the pool the engine reads uncached sources into: its bound is what the cache
+    leaves) under ``max_bytes``, so the source tensors and results the engine holds never
+    exceed the bound,
+    whether cached or in flight (a job that alone exceeds it runs alone). Inputs that are also
+    cached count twice: the bound errs on the safe side. ``store=False`` (a one-off merge,
+    which reads every tensor once) caches nothing and bounds only what is in flight.
+
+    A full cache keeps what it holds and turns new tensors away, and under the pressure of
+    jobs in flight gives up its newest entries first. A search reads the same tensors in the
+    same order every trial: with sources larger than the cache, evicting the oldest would drop
+    each tensor just before the next trial asks for it again (no hit at all), while keeping the
+    first ones serves that share of every trial from memory.
     """
 
-    def __init__(self, max_bytes: int, *, store: bool = True):
+    def __init__(self, max_bytes: int, *, store: bool = True, spare: BufferPool | None = None):
         self.max_bytes = max_bytes
         self.store = store
+        self.spare = spare
         self.bytes = 0
         self.reserved = 0
         self.high_water = 0  # the most bytes + reserved ever reached after eviction
-        self._items: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._items: dict[tuple[str, str], torch.Tensor] = {}  # in the order they came
         # the reader thread puts, workers and the sink's writer release, the executor waits
         self._lock = threading.Condition()
 
     def get(self, key: tuple[str, str]) -> torch.Tensor | None:
         with self._lock:
-            tensor = self._items.get(key)
-            if tensor is not None:
-                self._items.move_to_end(key)
-            return tensor
+            return self._items.get(key)
 
-    def put(self, key: tuple[str, str], tensor: torch.Tensor) -> None:
+    def put(self, key: tuple[str, str], tensor: torch.Tensor) -> bool:
+        """Keep ``tensor`` if it fits beside what is cached and in flight; whether it was kept."""
         size = tensor.nbytes
         with self._lock:
-            if not self.store or key in self._items or size + self.reserved > self.max_bytes:
-                return
+            if not self.store or key in self._items:
+                return False
+            if self.bytes + size + self.reserved > self.max_bytes:
+                return False
             self._items[key] = tensor
             self.bytes += size
             self._shrink()
+            return True
 
     def has_room(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more can be reserved without passing the bound."""
@@ -251,6 +277,8 @@ class TensorCache:
 
     def _shrink(self) -> None:
         while self._items and self.bytes + self.reserved > self.max_bytes:
-            _, old = self._items.popitem(last=False)
+            _, old = self._items.popitem()  # the newest
             self.bytes -= old.nbytes
+        if self.spare is not None:  # what is not cached may be lent or idle there
+            self.spare.limit(self.max_bytes - self.bytes)
         self.high_water = max(self.high_water, self.bytes + self.reserved)

@@ -117,11 +117,13 @@ class Merger:
     ):
         self.checkpoints = CheckpointSet(allow_pickle=allow_pickle)
         # Without a cache the bound is on what is in flight, and buffers are recycled within
-        # it. A cache evicts tensors of every size: the process gives freed memory back
-        # instead (``runtime``), and results go straight into the live model (``ModelSink``).
+        # it. With one, the sources it does not keep are read into recycled buffers too (a
+        # search reads them again every trial), whose idle bytes count against the same bound
+        # and go first when it is reached; the process gives other freed memory back
+        # (``runtime``), and results go straight into the live model (``ModelSink``).
         if cache_bytes > 0:
-            self.cache = _TensorCache(cache_bytes)
-            self.pool = buffers.BufferPool(0)
+            self.pool = buffers.BufferPool(cache_bytes)
+            self.cache = _TensorCache(cache_bytes, spare=self.pool)
         else:
             self.cache = _TensorCache(stream_bytes, store=False)
             self.pool = buffers.BufferPool(stream_bytes)
@@ -369,8 +371,12 @@ class Merger:
         if self.cache.store:
             tensor = self.cache.get(key)
             if tensor is None:
-                tensor = self.checkpoints.get(ref.model).get(ref.name)
-                self.cache.put(key, tensor)
+                checkpoint = self.checkpoints.get(ref.model)
+                info = checkpoint.tensors[ref.name]
+                tensor = self.pool.take(info.shape, info.dtype)
+                checkpoint.read_rows(ref.name, 0, info.shape[0] if info.shape else 1, tensor)
+                if self.cache.put(key, tensor):
+                    self.pool.disown(tensor)  # the cache's now: never lent again
             if rows is not None:
                 return tensor[rows[0] : rows[1]]
             return tensor[: ref.rows] if ref.rows is not None else tensor

@@ -71,12 +71,52 @@ def test_a_tensor_larger_than_the_bound_is_not_cached():
     from mergesearch.merging.engine import _TensorCache
 
     cache = _TensorCache(1000)
-    cache.put(("m", "big"), torch.zeros(1000))  # 4000 bytes
+    assert not cache.put(("m", "big"), torch.zeros(1000))  # 4000 bytes
     assert cache.bytes == 0 and cache.get(("m", "big")) is None
-    for i in range(5):
-        cache.put(("m", str(i)), torch.zeros(100))  # 400 bytes each: two fit
-    assert cache.bytes == 800 and cache.get(("m", "4")) is not None
-    assert cache.get(("m", "0")) is None  # least recently used went first
+    kept = [cache.put(("m", str(i)), torch.zeros(100)) for i in range(5)]  # 400 bytes each
+    assert kept == [True, True, False, False, False]  # a full cache keeps what it holds
+    assert cache.bytes == 800 and cache.get(("m", "4")) is None
+    cache.reserve(400)  # a job in flight: the newest entry makes room
+    assert cache.get(("m", "1")) is None and cache.get(("m", "0")) is not None
+    assert cache.bytes == 400 and cache.high_water == 800
+
+
+def test_trials_over_sources_larger_than_the_cache_still_hit_it(models, monkeypatch):
+    """A search reads the same tensors in the same order every trial. With sources twice the
+    cache, evicting the oldest entry would drop each tensor just before the next trial reads it
+    again (no hit at all); keeping the first ones serves part of every trial from memory. The
+    sources not kept are read into recycled buffers, not fresh memory."""
+    from mergesearch.merging import buffers
+    from mergesearch.merging.checkpoint import Checkpoint
+
+    reads: list[str] = []
+    read_rows = Checkpoint.read_rows
+
+    def counted(self, name, *args, **kwargs):
+        reads.append(name)
+        return read_rows(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "read_rows", counted)
+    monkeypatch.setattr(buffers, "MIN_POOLED", 0)  # pool this tiny model's tensors too
+    config = _config(models, 0.5)
+    sources = sum(
+        t.numel() * t.element_size()
+        for t in merging.Merger(cache_bytes=0).new_model(config).state_dict().values()
+    )
+    merger = merging.Merger(cache_bytes=sources)  # half of both sources
+    model = merger.new_model(config)
+    per_trial = []
+    for weight in (0.3, 0.5, 0.7):
+        reads.clear()
+        merger.merge_into(_config(models, weight), model)
+        per_trial.append(len(reads))
+        assert merger.cache.bytes + merger.pool.idle_bytes <= sources
+    tensors = 2 * len(merger.plan(config).jobs)
+    assert per_trial[0] == tensors
+    assert per_trial[1] == per_trial[2] < tensors  # a stable share from memory
+    reuses = merger.pool.reuses
+    merger.merge_into(config, model)
+    assert merger.pool.reuses > reuses  # buffers of the last trial's reads served this one's
 
 
 def test_the_spec_sets_the_bound(models, tmp_path):
