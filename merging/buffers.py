@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -208,23 +209,25 @@ class Ticket:
 
 
 class TensorCache:
-    """Source tensors by (model, name) under a bound that also covers the jobs in flight.
+    """Source tensors by (model, name), and what a search derives from them, under a bound
+    that also covers the jobs in flight.
 
     The executor ``reserve``s the bytes of every job it starts (inputs, dtype copies, result)
     and ``release``s them as the job's buffers come back (inputs once computed, the result once
-    the sink is done with it); the cache keeps ``bytes + reserved`` (plus the idle buffers of
-    ``spare``, the pool the engine reads uncached sources into: its bound is what the cache
-    leaves) under ``max_bytes``, so the source tensors and results the engine holds never
-    exceed the bound,
-    whether cached or in flight (a job that alone exceeds it runs alone). Inputs that are also
-    cached count twice: the bound errs on the safe side. ``store=False`` (a one-off merge,
-    which reads every tensor once) caches nothing and bounds only what is in flight.
+    the sink is done with it). The cache keeps ``bytes + reserved`` under ``max_bytes``, and
+    the pool the engine reads uncached sources into (``spare``) gets what it leaves, so the
+    tensors the engine holds never exceed the bound, cached, idle or in flight (a job that
+    alone exceeds it runs alone). Inputs that are also cached count twice: the bound errs on
+    the safe side. ``store=False`` (a one-off merge, which reads every tensor once) caches
+    nothing and bounds only what is in flight.
 
     A full cache keeps what it holds and turns new tensors away, and under the pressure of
-    jobs in flight gives up its newest entries first. A search reads the same tensors in the
+    jobs in flight gives up its newest tensors first. A search reads the same tensors in the
     same order every trial: with sources larger than the cache, evicting the oldest would drop
     each tensor just before the next trial asks for it again (no hit at all), while keeping the
-    first ones serves that share of every trial from memory.
+    first ones serves that share of every trial from memory. Derived entries (``derived=True``:
+    a top-k's counts, a hundredth of the tensor they save a pass over) make room for
+    themselves by evicting the newest tensors.
     """
 
     def __init__(self, max_bytes: int, *, store: bool = True, spare: BufferPool | None = None):
@@ -234,23 +237,31 @@ class TensorCache:
         self.bytes = 0
         self.reserved = 0
         self.high_water = 0  # the most bytes + reserved ever reached after eviction
-        self._items: dict[tuple[str, str], torch.Tensor] = {}  # in the order they came
+        # key -> (value, bytes, derived), in the order they came
+        self._items: dict[Hashable, tuple[Any, int, bool]] = {}
         # the reader thread puts, workers and the sink's writer release, the executor waits
         self._lock = threading.Condition()
 
-    def get(self, key: tuple[str, str]) -> torch.Tensor | None:
+    def get(self, key: Hashable) -> Any:
         with self._lock:
-            return self._items.get(key)
+            item = self._items.get(key)
+            return None if item is None else item[0]
 
-    def put(self, key: tuple[str, str], tensor: torch.Tensor) -> bool:
-        """Keep ``tensor`` if it fits beside what is cached and in flight; whether it was kept."""
-        size = tensor.nbytes
+    def put(
+        self, key: Hashable, value: Any, size: int | None = None, *, derived: bool = False
+    ) -> bool:
+        """Keep ``value`` (``size`` bytes; a tensor's own by default) if it fits beside what is
+        cached and in flight, a derived one after evicting tensors; whether it was kept."""
+        size = value.nbytes if size is None else size
         with self._lock:
             if not self.store or key in self._items:
                 return False
+            while derived and self.bytes + size + self.reserved > self.max_bytes:
+                if not self._evict_newest(derived_too=False):
+                    break
             if self.bytes + size + self.reserved > self.max_bytes:
                 return False
-            self._items[key] = tensor
+            self._items[key] = (value, size, derived)
             self.bytes += size
             self._shrink()
             return True
@@ -275,10 +286,20 @@ class TensorCache:
         with self._lock:
             self._lock.wait_for(lambda: self.reserved <= 0 or self.has_room(nbytes))
 
+    def _evict_newest(self, *, derived_too: bool) -> bool:
+        """Drop the newest tensor (or, with ``derived_too`` and no tensor left, the newest
+        derived entry); whether anything was dropped."""
+        for want_derived in (False, True) if derived_too else (False,):
+            for key in reversed(self._items):
+                if self._items[key][2] == want_derived:
+                    self.bytes -= self._items.pop(key)[1]
+                    return True
+        return False
+
     def _shrink(self) -> None:
-        while self._items and self.bytes + self.reserved > self.max_bytes:
-            _, old = self._items.popitem()  # the newest
-            self.bytes -= old.nbytes
+        while self.bytes + self.reserved > self.max_bytes:
+            if not self._evict_newest(derived_too=True):
+                break
         if self.spare is not None:  # what is not cached may be lent or idle there
             self.spare.limit(self.max_bytes - self.bytes)
         self.high_water = max(self.high_water, self.bytes + self.reserved)

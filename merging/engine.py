@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mergesearch.merging import buffers
+from mergesearch.merging import buffers, derived
 from mergesearch.merging.buffers import TensorCache as _TensorCache
 from mergesearch.merging.card import merge_card
 from mergesearch.merging.checkpoint import CheckpointSet
@@ -552,8 +552,14 @@ class Merger:
             if results is not None
             else contextlib.nullcontext()
         )
+        # a search keeps what a method derives from its sources alone for the next trials
+        remembering = (
+            derived.scope(self.cache, tuple(job.inputs), job.base)
+            if self.cache.store
+            else contextlib.nullcontext()
+        )
         try:
-            with lender:
+            with lender, remembering:
                 result = plan.method.fn(inputs, base, job.per_model, job.params, generator)
                 if isinstance(result, StreamedSource):  # an input handed back unchanged
                     result = result.materialize()

@@ -204,11 +204,18 @@ class Counted16:
 
 
 class Counts16(NamedTuple):
-    """How often each non-negative 16-bit pattern occurs, per run of blocks (``counts[run]``),
-    and the flat index where each run starts."""
+    """How often each non-negative 16-bit pattern that occurs at all occurs, per run of blocks:
+    ``counts[run, i]`` for pattern ``patterns[i]`` (ascending), and the flat index where each
+    run starts. Only the patterns present are kept (a task vector's magnitudes take a few
+    thousand of the 32768), so a search can keep the counts of every tensor between trials."""
 
-    counts: torch.Tensor
+    patterns: torch.Tensor  # int64, ascending
+    counts: torch.Tensor  # int32, runs x patterns (a run holds far fewer than 2**31 entries)
     starts: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return self.patterns.nbytes + self.counts.nbytes
 
 
 def count16(bits16: Bits16, n: int, runs: int = COUNT_RUNS) -> Counts16:
@@ -221,7 +228,8 @@ def count16(bits16: Bits16, n: int, runs: int = COUNT_RUNS) -> Counts16:
     for run, start in enumerate(starts):
         for sl in blocks(min(n, start + per_run), start=start):
             counts[run] += torch.bincount(bits16.source(sl), minlength=bins)
-    return Counts16(counts, starts)
+    present = torch.nonzero(counts.sum(0)).squeeze(1)
+    return Counts16(present, counts[:, present].to(torch.int32), starts)
 
 
 def histogram_kth(
@@ -237,15 +245,15 @@ def histogram_kth(
     searched. The counts are kept per run of blocks, so the tie search that follows reads one
     run, not everything before the cut.
     """
-    bins = 1 << 15
-    counts, starts = counts if counts is not None else count16(bits16, n, runs)
-    from_top = counts.sum(0).flip(0).cumsum_(0)
+    patterns, counts, starts = counts if counts is not None else count16(bits16, n, runs)
+    from_top = counts.sum(0, dtype=torch.int64).flip(0).cumsum_(0)
     index = int(torch.searchsorted(from_top, k))  # the first cumulative count reaching k
-    pattern = bins - 1 - index
+    column = patterns.numel() - 1 - index
+    pattern = int(patterns[column])
     value = float(torch.tensor(pattern, dtype=torch.int16).view(bits16.dtype))
     if math.isnan(value):
         return None
-    per_run_equal = counts[:, pattern]
+    per_run_equal = counts[:, column]
     equal = int(per_run_equal.sum())
     above = int(from_top[index]) - equal
     return Counted16(value, above, equal, pattern, starts, tuple(per_run_equal.tolist()))

@@ -15,13 +15,14 @@ the semantics. Here the same masks come as rules a method applies block by block
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from mergesearch.merging import derived
 from mergesearch.merging.methods import compiled, fused
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.draws import Draws
@@ -60,6 +61,9 @@ class Delta:
     x: torch.Tensor
     b: torch.Tensor
     shape: tuple[int, ...]
+    # what x and b are (``derived.identity``): values derived from them alone are kept
+    # between a search's trials under it; None: computed every time
+    identity: Hashable | None = None
 
     @property
     def numel(self) -> int:
@@ -90,12 +94,18 @@ class Delta:
 
     def counts16(self) -> Counts16 | None:
         """The counting pass over 16-bit ``|d|`` (None for other dtypes), to share between
-        several cuts of the same task vector (breadcrumbs takes two)."""
+        several cuts of the same task vector (breadcrumbs takes two) and, in a search, between
+        trials (``derived``)."""
         bits = self._bits16()
-        return count16(bits, self.numel) if bits is not None else None
+        if bits is None:
+            return None
+        key = None if self.identity is None else ("count16", self.identity, self.x.dtype)
+        return derived.remembered(key, lambda: count16(bits, self.numel))
 
     def top_k(self, k: int, counts: Counts16 | None = None) -> TopK:
         """The rule keeping the ``k`` largest ``|d|``; 16-bit scores are counted, not sampled."""
+        if counts is None and 0 < k < self.numel:
+            counts = self.counts16()
         return select_top_k(self.scores, self.numel, k, bits16=self._bits16(), counts=counts)
 
 

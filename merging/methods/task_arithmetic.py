@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from mergesearch.merging import buffers
+from mergesearch.merging import buffers, derived
 from mergesearch.merging.errors import ConfigError
 from mergesearch.merging.methods import compiled, fused
 from mergesearch.merging.methods import primitives as P
@@ -146,7 +146,10 @@ def generalized_task_arithmetic(
         return base
     weights = [float(p["weight"]) for p in per_model]
     b = base.detach().reshape(-1)
-    deltas = [SP.Delta(x.detach().reshape(-1), b, tuple(base.shape)) for x in inputs]
+    deltas = [
+        SP.Delta(x.detach().reshape(-1), b, tuple(base.shape), derived.identity(i))
+        for i, x in enumerate(inputs)
+    ]
 
     # whole-tensor steps, model by model in config order (the order random draws happen in)
     rules: list[SP.KeepRule | None] = []
