@@ -486,6 +486,7 @@ class Trial:
     eval_s: float | None
     read_s: float
     cache_gb: float
+    merges: tuple[float, ...] = ()  # every trial's merge seconds, in trial order
 
 
 def perplexity_search(
@@ -552,17 +553,18 @@ def run_search_trials(paths: list[Path], work: Path, args: argparse.Namespace) -
     exe = Path(sys.executable).parent / "mergesearch"
     run = timed_run([str(exe), "search", str(spec_path), "--no-progress"], timeout=4 * 3600)
     merge_s = eval_s = None
+    merges: list[float] = []
     if db.is_file():
         with sqlite3.connect(db) as con:
             rows = con.execute(
                 "SELECT key, value_json FROM trial_user_attributes "
-                "WHERE key IN ('merge_seconds', 'eval_seconds')"
+                "WHERE key IN ('merge_seconds', 'eval_seconds') ORDER BY trial_id"
             ).fetchall()
         merges = [json.loads(v) for k, v in rows if k == "merge_seconds"]
         evals = [json.loads(v) for k, v in rows if k == "eval_seconds"]
         merge_s = max(merges) if merges else None
         eval_s = max(evals) if evals else None
-    return Trial(args.search_trials, run, merge_s, eval_s, read_s, args.cache_gb)
+    return Trial(args.search_trials, run, merge_s, eval_s, read_s, args.cache_gb, tuple(merges))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,10 +609,11 @@ def format_trial(t: Trial) -> str:
     ratio = f"{t.merge_s / t.read_s:.2f}" if t.merge_s and t.read_s else "-"
     return "\n".join(
         [
-            "| trials | merge s (slowest) | eval s (slowest) | read the sources once s "
-            "| merge / read | peak RSS GB | cache_gb | exit |",
-            "|---|---|---|---|---|---|---|---|",
-            f"| {t.trials} | {_s(t.merge_s)} | {_s(t.eval_s)} | {_s(t.read_s)} | {ratio} "
+            "| trials | merge s (slowest) | merge s, trial by trial | eval s (slowest) "
+            "| read the sources once s | merge / read | peak RSS GB | cache_gb | exit |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {t.trials} | {_s(t.merge_s)} | {', '.join(_s(m) for m in t.merges) or '-'} "
+            f"| {_s(t.eval_s)} | {_s(t.read_s)} | {ratio} "
             f"| {_gb(t.run.peak_rss)} | {t.cache_gb:g} | {t.run.exit_code} |",
         ]
     )
