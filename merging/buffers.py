@@ -51,9 +51,12 @@ class BufferPool:
     without staging.
     """
 
-    def __init__(self, max_bytes: int, *, pin: bool = False):
+    def __init__(self, max_bytes: int, *, pin: bool = False, reuse_ratio: float = REUSE_RATIO):
         self.max_bytes = max_bytes
         self.pin = pin
+        # 1: only a buffer of the very size; a bound that counts requested bytes (a search's
+        # cache reserves its jobs' bytes) then also bounds what is lent
+        self.reuse_ratio = reuse_ratio
         self._idle: dict[int, list[torch.Tensor]] = {}
         self._idle_bytes = 0
         self._lent: dict[int, torch.Tensor] = {}  # storage address -> the buffer lent there
@@ -72,7 +75,9 @@ class BufferPool:
             # shapes recur layer after layer (an attention projection a fraction of an MLP's),
             # and a buffer lent again is one whose pages are not faulted in again
             fits = [
-                s for s, stack in self._idle.items() if stack and size <= s <= size * REUSE_RATIO
+                s
+                for s, stack in self._idle.items()
+                if stack and size <= s <= size * self.reuse_ratio
             ]
             buf = self._idle[min(fits)].pop() if fits else None
             if buf is not None:

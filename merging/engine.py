@@ -122,7 +122,7 @@ class Merger:
         # and go first when it is reached; the process gives other freed memory back
         # (``runtime``), and results go straight into the live model (``ModelSink``).
         if cache_bytes > 0:
-            self.pool = buffers.BufferPool(cache_bytes)
+            self.pool = buffers.BufferPool(cache_bytes, reuse_ratio=1)
             self.cache = _TensorCache(cache_bytes, spare=self.pool)
         else:
             self.cache = _TensorCache(stream_bytes, store=False)
