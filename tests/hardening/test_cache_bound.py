@@ -10,6 +10,7 @@ import torch
 from mergesearch import merging
 from mergesearch.merging.engine import NonFiniteError
 from mergesearch.search.spec.load import load_spec
+from tests.helpers.calls import record_calls
 from tests.helpers.specs import make_spec
 
 
@@ -89,14 +90,7 @@ def test_trials_over_sources_larger_than_the_cache_still_hit_it(models, monkeypa
     from mergesearch.merging import buffers
     from mergesearch.merging.checkpoint import Checkpoint
 
-    reads: list[str] = []
-    read_rows = Checkpoint.read_rows
-
-    def counted(self, name, *args, **kwargs):
-        reads.append(name)
-        return read_rows(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(Checkpoint, "read_rows", counted)
+    reads = record_calls(monkeypatch, Checkpoint, "read_rows")
     monkeypatch.setattr(buffers, "MIN_POOLED", 0)  # pool this tiny model's tensors too
     config = _config(models, 0.5)
     sources = sum(

@@ -9,6 +9,7 @@ import torch
 from mergesearch.merging import Merger
 from mergesearch.merging.buffers import TensorCache
 from mergesearch.merging.methods import sparsifiers as SP
+from tests.helpers.calls import record_calls
 from tests.helpers.tiny_models import make_llama_family
 
 
@@ -30,17 +31,9 @@ def _config(family, method: str, density: float, weight: float = 0.6) -> dict:
 
 
 @pytest.fixture
-def counting_passes(monkeypatch) -> list[int]:
-    """How many counting passes ran (one per model and tensor when nothing is kept)."""
-    calls: list[int] = []
-    count16 = SP.count16
-
-    def counted(bits16, n, *args, **kwargs):
-        calls.append(n)
-        return count16(bits16, n, *args, **kwargs)
-
-    monkeypatch.setattr(SP, "count16", counted)
-    return calls
+def counting_passes(monkeypatch) -> list[tuple]:
+    """The counting passes that ran (one per model and tensor when nothing is kept)."""
+    return record_calls(monkeypatch, SP, "count16")
 
 
 @pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
