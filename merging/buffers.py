@@ -231,7 +231,7 @@ class TensorCache:
     same order every trial: with sources larger than the cache, evicting the oldest would drop
     each tensor just before the next trial asks for it again (no hit at all), while keeping the
     first ones serves that share of every trial from memory. Derived entries (``derived=True``:
-    a top-k's counts, a hundredth of the tensor they save a pass over) make room for
+    a top-k's counts, a few thousandths of the tensor they save a pass over) make room for
     themselves by evicting the newest tensors.
     """
 

@@ -188,6 +188,7 @@ class Merger:
                 trust_remote_code=self.trust_remote_code,
                 dtype=self.plan(config).out_dtype,
             )
+        model.tie_weights()  # skipped with the initialisation: an lm_head is the embedding again
         return model.eval()
 
     def footprint(self, config: MergeConfig | dict | str | Path) -> Footprint:

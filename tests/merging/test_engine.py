@@ -256,12 +256,18 @@ def test_merge_into_live_model_equals_disk(family, tmp_path):
         assert torch.equal(live[name], tensor), name
 
 
-def test_live_model_built_without_initialising_computes_like_the_saved_merge(family, tmp_path):
+@pytest.mark.parametrize("tied", [False, True])
+def test_live_model_built_without_initialising_computes_like_the_saved_merge(
+    family, tied, tmp_path
+):
     """``new_model`` skips the random initialisation of weights (the merge overwrites them);
     what the modules compute for themselves (rotary frequencies, not in the state dict) must
-    still be there, so the live model's logits are the exported model's."""
+    still be there, and a tied lm_head must be the embedding again (initialisation ties it),
+    so the live model's logits are the exported model's."""
     from transformers import AutoModelForCausalLM
 
+    if tied:
+        family = make_llama_family(tmp_path / "tied", n_models=3, seed=3, tie_word_embeddings=True)
     cfg = load_merge_config(dare_config(family))
     merger = Merger()
     torch.manual_seed(0)
