@@ -372,23 +372,26 @@ class Merger:
         if self.cache.store:
             tensor = self.cache.get(key)
             if tensor is None:
-                checkpoint = self.checkpoints.get(ref.model)
-                info = checkpoint.tensors[ref.name]
-                tensor = self.pool.take(info.shape, info.dtype)
-                checkpoint.read_rows(ref.name, 0, info.shape[0] if info.shape else 1, tensor)
+                tensor = self._read_pooled(ref.model, ref.name, None)  # whole: it may be kept
                 if self.cache.put(key, tensor):
                     self.pool.disown(tensor)  # the cache's now: never lent again
             if rows is not None:
                 return tensor[rows[0] : rows[1]]
             return tensor[: ref.rows] if ref.rows is not None else tensor
-        checkpoint = self.checkpoints.get(ref.model)
-        info = checkpoint.tensors[ref.name]
+        if rows is None and ref.rows is not None:
+            rows = (0, ref.rows)
+        return self._read_pooled(ref.model, ref.name, rows)
+
+    def _read_pooled(self, model: str, name: str, rows: Rows | None) -> torch.Tensor:
+        """Rows ``[start, stop)`` of a source tensor (all of it for None) into a buffer of the
+        pool."""
+        checkpoint = self.checkpoints.get(model)
+        info = checkpoint.tensors[name]
         if not info.shape:
-            return checkpoint.read_rows(ref.name, 0, 1, self.pool.take((), info.dtype))
-        if rows is None:
-            rows = (0, ref.rows if ref.rows is not None else info.shape[0])
-        out = self.pool.take((rows[1] - rows[0], *info.shape[1:]), info.dtype)
-        return checkpoint.read_rows(ref.name, rows[0], rows[1], out)
+            return checkpoint.read_rows(name, 0, 1, self.pool.take((), info.dtype))
+        start, stop = rows if rows is not None else (0, info.shape[0])
+        out = self.pool.take((stop - start, *info.shape[1:]), info.dtype)
+        return checkpoint.read_rows(name, start, stop, out)
 
     def _read_part(self, part: _Part) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         job = part.job
