@@ -233,6 +233,13 @@ class TensorCache:
     first ones serves that share of every trial from memory. Derived entries (``derived=True``:
     a top-k's counts, a few thousandths of the tensor they save a pass over) make room for
     themselves by evicting the newest tensors.
+
+    The executor tells the cache what its jobs will hold in flight at their peak
+    (``expect_in_flight``), and the cache keeps that much of the bound free for them. Else
+    every peak of a trial would evict cached tensors, the reader would cache others once it
+    passed, and each such swap shrank the pool's share: its idle buffers were dropped, and
+    the next trial read into fresh memory again (on the wide8 benchmark family, 146 fresh 112
+    MB buffers a trial, a quarter of its time the kernel zeroing their pages).
     """
 
     def __init__(self, max_bytes: int, *, store: bool = True, spare: BufferPool | None = None):
@@ -242,6 +249,7 @@ class TensorCache:
         self.bytes = 0
         self.reserved = 0
         self.high_water = 0  # the most bytes + reserved ever reached after eviction
+        self.in_flight_peak = 0  # bytes kept free for jobs (``expect_in_flight``)
         # key -> (value, bytes, derived), in the order they came
         self._items: dict[Hashable, tuple[Any, int, bool]] = {}
         # the reader thread puts, workers and the sink's writer release, the executor waits
@@ -261,15 +269,29 @@ class TensorCache:
         with self._lock:
             if not self.store or key in self._items:
                 return False
-            while derived and self.bytes + size + self.reserved > self.max_bytes:
+            while derived and not self._fits(size):
                 if not self._evict_newest(derived_too=False):
                     break
-            if self.bytes + size + self.reserved > self.max_bytes:
+            if not self._fits(size):
                 return False
             self._items[key] = (value, size, derived)
             self.bytes += size
             self._shrink()
             return True
+
+    def expect_in_flight(self, nbytes: int) -> None:
+        """Keep ``nbytes`` of the bound (at most all of it) for the jobs of the merges to come,
+        evicting the newest tensors that are in the way."""
+        with self._lock:
+            self.in_flight_peak = min(max(0, nbytes), self.max_bytes)
+            while self.bytes + self.in_flight_peak > self.max_bytes:
+                if not self._evict_newest(derived_too=False):
+                    break
+            self._shrink()
+
+    def _fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes may be cached beside what jobs hold or will hold."""
+        return self.bytes + size + max(self.reserved, self.in_flight_peak) <= self.max_bytes
 
     def has_room(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more can be reserved without passing the bound."""

@@ -440,6 +440,8 @@ class Merger:
         )
         parts = list(self._parts(plan))
         shares = [self._part_shares(plan, part) for part in parts]
+        if self.cache.store:  # the jobs' peak stays free of cached tensors: buffers recycle
+            self.cache.expect_in_flight(_peak_in_flight(shares, workers + PREFETCH_JOBS))
         tickets: list[buffers.Ticket] = []
         try:
             with (
@@ -580,6 +582,13 @@ class Merger:
         ):
             _hand_back((results, self.pool), result, None)
         return converted
+
+
+def _peak_in_flight(shares: list[tuple[int, int]], window: int) -> int:
+    """The most bytes ``window`` consecutive parts hold together (the executor runs at most
+    that many at once, in plan order)."""
+    totals = [sum(share) for share in shares]
+    return max((sum(totals[i : i + window]) for i in range(len(totals))), default=0)
 
 
 def _hand_back(
