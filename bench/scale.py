@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -377,6 +378,15 @@ class Row:
             return self.theirs.seconds  # type: ignore[union-attr]
         return self.theirs_estimate
 
+    @property
+    def merge_s(self) -> float | None:
+        """The merge's own seconds as ``mergesearch merge`` reports them (config read to output
+        complete; without the interpreter's start and imports, about 1.5 s here)."""
+        if not self.ok(self.ours):
+            return None
+        found = re.search(r" in ([0-9.]+) s$", self.ours.log_tail.strip())  # type: ignore[union-attr]
+        return float(found.group(1)) if found else None
+
     def misses(self) -> list[str]:
         if not self.ok(self.ours):
             return ["ours failed"]
@@ -577,9 +587,9 @@ def _s(value: float | None) -> str:
 
 def format_rows(rows: list[Row]) -> str:
     lines = [
-        "| method | models | floor s | mergesearch s | x floor | mergekit s | x floor | speed-up "
-        "| RSS ours / mergekit GB | max abs diff | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | models | floor s | mergesearch s | x floor | merge s in process | x floor "
+        "| mergekit s | x floor | speed-up | RSS ours / mergekit GB | max abs diff | target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ours = r.ours.seconds if r.ok(r.ours) else None  # type: ignore[union-attr]
@@ -593,6 +603,8 @@ def format_rows(rows: list[Row]) -> str:
             _s(r.floor_s),
             _s(ours) if ours is not None else "FAILED",
             f"{ours / r.floor_s:.2f}" if ours and r.floor_s else "-",
+            _s(r.merge_s),
+            f"{r.merge_s / r.floor_s:.2f}" if r.merge_s and r.floor_s else "-",
             est + _s(theirs) if theirs is not None else ("FAILED" if r.theirs else "-"),
             f"{est}{theirs / r.floor_s:.1f}" if theirs and r.floor_s else "-",
             f"{est}{theirs / ours:.1f}x" if theirs and ours else "-",

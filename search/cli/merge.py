@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 
 from mergesearch.merging import Merger, load_merge_config
 from mergesearch.merging.config import DTYPES
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     """Merge with the library's policy (``Merger.merge_to_disk``: a NaN/inf result or a damaged
     source is refused); errors reach the user through the entry point's one-line format."""
     at_least_one("--threads", args.threads)
+    start = time.perf_counter()  # the merge's own time: the interpreter's start is not in it
     config = load_merge_config(args.config)
     if args.dtype:
         config = dataclasses.replace(config, dtype=args.dtype, out_dtype=args.dtype)
@@ -65,5 +67,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     plan = merger.plan(config)
-    print(f"merged {len(plan.jobs)} tensors ({plan.method.name}) into {out}")
+    seconds = time.perf_counter() - start
+    print(f"merged {len(plan.jobs)} tensors ({plan.method.name}) into {out} in {seconds:.1f} s")
     return 0

@@ -41,6 +41,9 @@ def test_tiny_scale_run_times_merges_and_a_search_then_cleans_up(tmp_path):
     assert "## tiny (2 layers, 4 models" in text
     rows = [line for line in text.splitlines() if line.startswith(("| linear", "| ties"))]
     assert len(rows) == 2 and all("FAILED" not in r for r in rows)
+    for row in rows:  # the merge's own seconds (from its output line) within the process's
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert 0 < float(cells[5]) <= float(cells[3]), row
     assert "| 1 |" in text  # the search trial's row
     assert not work.exists()  # family, outputs and study deleted
 

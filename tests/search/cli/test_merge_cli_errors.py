@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,9 @@ def test_existing_output_needs_overwrite(models, tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
     assert main(["merge", str(config), str(out), "--no-progress", "--overwrite"]) == 0
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert re.fullmatch(
+        rf"merged \d+ tensors \(ties\) into {out} in \d+\.\d s\n", capsys.readouterr().out
+    )
 
 
 def test_output_inside_a_source_is_refused(models, tmp_path, capsys):
