@@ -238,8 +238,8 @@ class TensorCache:
     (``expect_in_flight``), and the cache keeps that much of the bound free for them. Else
     every peak of a trial would evict cached tensors, the reader would cache others once it
     passed, and each such swap shrank the pool's share: its idle buffers were dropped, and
-    the next trial read into fresh memory again (on the wide8 benchmark family, 146 fresh 112
-    MB buffers a trial, a quarter of its time the kernel zeroing their pages).
+    the next trial read into fresh memory again (on the wide8 benchmark family, 146 fresh
+    buffers a trial, most of them 112 MB, and a quarter of its time the kernel zeroing pages).
     """
 
     def __init__(self, max_bytes: int, *, store: bool = True, spare: BufferPool | None = None):

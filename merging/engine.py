@@ -440,8 +440,9 @@ class Merger:
         )
         parts = list(self._parts(plan))
         shares = [self._part_shares(plan, part) for part in parts]
+        most_in_flight = workers + PREFETCH_JOBS
         if self.cache.store:  # the jobs' peak stays free of cached tensors: buffers recycle
-            self.cache.expect_in_flight(_peak_in_flight(shares, workers + PREFETCH_JOBS))
+            self.cache.expect_in_flight(_peak_in_flight(shares, most_in_flight))
         tickets: list[buffers.Ticket] = []
         try:
             with (
@@ -453,7 +454,7 @@ class Merger:
                 submitted = 0
                 try:
                     for _ in parts:
-                        while submitted < len(parts) and len(in_flight) < workers + PREFETCH_JOBS:
+                        while submitted < len(parts) and len(in_flight) < most_in_flight:
                             cost = sum(shares[submitted])
                             if not self.cache.has_room(cost):
                                 if in_flight:
