@@ -10,7 +10,9 @@ The set spans what a default strategy meets: the demo's own family over six seed
 method changes with the seed), three seeds again with two torch threads (threads change the
 summation order as another CPU does, and so train another family), other task pairs, a merge of
 three specialists, and one family whose plain 50/50 average is the best merge (where a strategy
-must not over-explore).
+must not over-explore). One landscape is not built at all: ``shipped-s0`` is the demo family
+that ships with mergesearch (``configs/demo-family``), the only one whose weights, and so whose
+reference, are the same on every machine.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mergesearch.search.demo.family import (
     DemoRecipe,
     build_demo_family,
     load_demo_family,
+    shipped_family,
 )
 from mergesearch.search.demo.layout import BASE_DIR, family_dirname, specialist_dir, task_folder
 from mergesearch.search.demo.table import METRIC
@@ -69,6 +72,9 @@ class Landscape:
     threads: int = 1
     recipe_changes: tuple[tuple[str, Any], ...] = ()
     note: str = ""
+    # the family mergesearch ships (``configs/demo-family``): read in place, never trained, so
+    # it holds the same weights on every machine and its reference carries over between CPUs
+    shipped: bool = False
 
     @property
     def recipe(self) -> DemoRecipe:
@@ -77,6 +83,10 @@ class Landscape:
     @property
     def root(self) -> Path:
         """The family's folder (``base/``, ``spec-<task>/``, ``manifest.json``)."""
+        if self.shipped:
+            from mergesearch.configs import DEMO_FAMILY_DIR
+
+            return DEMO_FAMILY_DIR / family_dirname(self.targets, self.seed)
         return FAMILIES / self.name / family_dirname(self.targets, self.seed)
 
     @property
@@ -96,6 +106,7 @@ def _demo(seed: int, threads: int = 1) -> Landscape:
 
 
 LANDSCAPES: tuple[Landscape, ...] = (
+    Landscape("shipped-s0", 0, shipped=True, note="the shipped family: same weights everywhere"),
     *(_demo(seed) for seed in range(6)),
     *(_demo(seed, threads=2) for seed in range(6)),
     Landscape("sort-double-s0", 0, ("sort", "double"), note="merges collapse"),
@@ -139,7 +150,16 @@ def get(name: str) -> Landscape:
 
 
 def build(landscape: Landscape, *, force: bool = False) -> DemoFamily:
-    """Build (or reuse) the landscape's family and score its table on the held-out split."""
+    """Build (or reuse) the landscape's family and score its table on the held-out split; the
+    shipped family is only loaded (training it here would give other weights)."""
+    if landscape.shipped:
+        family = shipped_family(landscape.seed, landscape.recipe)
+        if family is None:
+            raise FileNotFoundError(
+                f"the shipped family for seed {landscape.seed} is missing or was made by another "
+                f"recipe ({landscape.root}); restore it from git"
+            )
+        return family
     return build_demo_family(
         FAMILIES / landscape.name,
         seed=landscape.seed,

@@ -72,3 +72,23 @@ def test_markdown_table_has_one_separator_cell_per_column():
     text = R.markdown_table(["a", "b"], [["1", "2"], ["3", "4"]])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
     assert R.markdown_table(["a"], [["1"]], with_header=False) == "| 1 |"
+
+
+def test_the_shipped_landscape_is_loaded_in_place_and_never_trained(monkeypatch):
+    """The shipped family holds the same weights on every machine, so its reference carries
+    over between CPUs; building it would train other weights, so ``build`` only loads it."""
+    from bench.efficacy import landscapes as L
+    from mergesearch.configs import DEMO_FAMILY_DIR
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the shipped family must not be trained")
+
+    monkeypatch.setattr(L, "build_demo_family", no_training)
+    shipped = L.get("shipped-s0")
+    assert shipped in L.LANDSCAPES and L.is_built(shipped)
+    family = L.build(shipped)
+    assert family.root == DEMO_FAMILY_DIR / "seed0" == shipped.root
+    assert set(family.specialists) == {"rev", "up"} and family.base.is_dir()
+    spec = L.spec_for(shipped, methods=shipped.methods, sampler="auto", budget=5, seed=0,
+                      storage="sqlite:///unused.db")  # fmt: skip
+    assert spec["sources"]["base"] == str(DEMO_FAMILY_DIR / "seed0" / "base")
