@@ -290,7 +290,7 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
         return cached
     db = L.OUT / "runs" / f"{landscape.name}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
-    name = f"{strategy}-b{budget}-s{seed}" + (f"-{recipe}" if recipe else "")
+    name = study_name(strategy, budget, seed, recipe)
     if strategy == DEMO_STRATEGY:
         spec = _demo_spec(landscape, seed=seed, storage=f"sqlite:///{db}", name=name)
     else:
@@ -351,6 +351,12 @@ def _demo_spec(landscape: L.Landscape, *, seed: int, storage: str, name: str) ->
     spec = demo_spec(family, landscape.seed)
     spec.update(name=name, storage=storage, seed=seed)
     return spec
+
+
+def study_name(strategy: str, budget: int, seed: int, recipe: str | None = None) -> str:
+    """The run's study name; a study name takes letters, digits, '.', '_' and '-' only, so the
+    multi-fidelity ``auto+mf`` is ``auto-mf`` there."""
+    return f"{strategy.replace('+', '-')}-b{budget}-s{seed}" + (f"-{recipe}" if recipe else "")
 
 
 def run_key(landscape: str, strategy: str, budget: int, seed: int, weights: str) -> str:

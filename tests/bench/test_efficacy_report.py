@@ -92,3 +92,14 @@ def test_the_shipped_landscape_is_loaded_in_place_and_never_trained(monkeypatch)
     spec = L.spec_for(shipped, methods=shipped.methods, sampler="auto", budget=5, seed=0,
                       storage="sqlite:///unused.db")  # fmt: skip
     assert spec["sources"]["base"] == str(DEMO_FAMILY_DIR / "seed0" / "base")
+
+
+@pytest.mark.parametrize("strategy", ["auto", "auto+mf", "tpe+mf", "demo"])
+def test_every_strategy_names_a_valid_study(strategy):
+    """A multi-fidelity strategy's ``+`` is not allowed in a study name (a run of ``auto+mf``
+    once stopped the whole suite there)."""
+    from bench.search_efficacy import study_name
+    from mergesearch.search.spec.schema import STUDY_RE
+
+    name = study_name(strategy, 60, 1, "r7" if strategy == "demo" else None)
+    assert STUDY_RE.match(name) and name.endswith("-b60-s1" + ("-r7" if strategy == "demo" else ""))
