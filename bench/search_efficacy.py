@@ -273,7 +273,7 @@ def run_command(
         and r["seed"] in seeds
     ]
     print(report.render_regret(report.regret_rows(selected, references)))
-    report.write_results(REFERENCE_JSON, RUNS_JSON, runs=selected)
+    report.write_results(REFERENCE_JSON, RUNS_JSON)
     return 0
 
 

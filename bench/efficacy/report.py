@@ -8,6 +8,7 @@ file's hand-written notes, below ``NOTES_MARK``, are kept as they are.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +18,7 @@ from bench.efficacy import landscapes as L
 from mergesearch.search.demo.family import load_demo_family
 
 RESULTS = L.ROOT / "bench" / "RESULTS_efficacy.md"
-PLOT = L.ROOT / "bench" / "search_efficacy.png"
+PLOTS = L.ROOT / "bench"  # search_efficacy-<cpu>.png, one plot per CPU with runs
 NOTES_MARK = "<!-- notes below are hand-written; bench/search_efficacy.py keeps them -->"
 
 INTRO = """\
@@ -301,24 +302,21 @@ def demo_verdict(rows: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- the file
 
 
-def write_results(
-    reference_json: Path, runs_json: Path, *, runs: list[dict[str, Any]] | None = None
-) -> None:
+def write_results(reference_json: Path, runs_json: Path) -> None:
     """Rewrite ``bench/RESULTS_efficacy.md`` from what is recorded; keep the hand-written notes.
 
     Records of every CPU are reported, each CPU in its own section: a family trained on one CPU
     is another landscape than the same recipe trained on another, so their regrets are never
-    pooled. ``runs`` restricts the regret sections (default: every recorded run). The plot shows
-    the CPU with the most runs."""
+    pooled, and each has its own plot. Every recorded run is reported, whichever subset the
+    command that writes the file ran (a run of one landscape once dropped every other CPU's
+    regret table)."""
     references = _read(reference_json)
-    if runs is None:
-        runs = list(_read(runs_json).values())
+    runs = list(_read(runs_json).values())
     parts = [INTRO]
     rows = landscape_rows([ls for ls in L.LANDSCAPES if L.is_built(ls)])
     if rows:
         parts += ["## Landscapes built here", "", render_landscapes(rows), ""]
     by_cpu = _by_cpu(references)
-    plotted = max(by_cpu, key=lambda cpu: len(runs_with_reference(runs, by_cpu[cpu])), default=None)
     for cpu, refs in by_cpu.items():
         cpu_runs = runs_with_reference(runs, refs)
         parts += [
@@ -344,13 +342,19 @@ def write_results(
                 render_regret(regret_rows(cpu_runs, refs)),
                 "",
             ]
-            if cpu == plotted:
-                plot_regret(cpu_runs, refs, PLOT)
-                parts += [f"![regret against items spent on {cpu}]({PLOT.name})", ""]
+            plot = plot_path(cpu)
+            plot_regret(cpu_runs, refs, plot)
+            parts += [f"![regret against items spent on {cpu}]({plot.name})", ""]
     notes = ""
     if RESULTS.is_file() and NOTES_MARK in RESULTS.read_text():
         notes = RESULTS.read_text().split(NOTES_MARK, 1)[1]
     RESULTS.write_text("\n".join(parts) + "\n" + NOTES_MARK + (notes or "\n"))
+
+
+def plot_path(cpu: str) -> Path:
+    """The regret plot of one CPU's runs: ``bench/search_efficacy-<cpu, as a slug>.png``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+    return PLOTS / f"search_efficacy-{slug}.png"
 
 
 def _by_cpu(references: dict[str, Any]) -> dict[str, dict[str, Any]]:

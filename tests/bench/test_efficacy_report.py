@@ -103,3 +103,25 @@ def test_every_strategy_names_a_valid_study(strategy):
 
     name = study_name(strategy, 60, 1, "r7" if strategy == "demo" else None)
     assert STUDY_RE.match(name) and name.endswith("-b60-s1" + ("-r7" if strategy == "demo" else ""))
+
+
+def test_the_file_reports_every_cpu_with_a_plot_of_its_own_and_keeps_the_notes(
+    tmp_path, monkeypatch
+):
+    import json
+
+    monkeypatch.setattr(R, "RESULTS", tmp_path / "RESULTS_efficacy.md")
+    monkeypatch.setattr(R, "PLOTS", tmp_path)
+    monkeypatch.setattr(R, "landscape_rows", lambda landscapes: [])  # nothing built here
+    R.RESULTS.write_text(f"old\n{R.NOTES_MARK}\nmy notes\n")
+    refs, runs = tmp_path / "reference.json", tmp_path / "runs.json"
+    refs.write_text(json.dumps(REFERENCES))
+    runs.write_text(
+        json.dumps({"1": _run("demo-s0", "aaaa", 0.75), "2": _run("demo-s0", "bbbb", 0.6)})
+    )
+    R.write_results(refs, runs)
+    text = R.RESULTS.read_text()
+    assert text.count("### Regret") == 2 and text.endswith(f"{R.NOTES_MARK}\nmy notes\n")
+    plots = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert plots == ["search_efficacy-cpu-one.png", "search_efficacy-cpu-two.png"]
+    assert all(f"]({name})" in text for name in plots)
