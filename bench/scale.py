@@ -381,7 +381,7 @@ class Row:
     @property
     def merge_s(self) -> float | None:
         """The merge's own seconds as ``mergesearch merge`` reports them (config read to output
-        complete; without the interpreter's start and imports, about 1.5 s here)."""
+        complete; without the interpreter's start and imports, 1.8-2.3 s on wide8 here)."""
         if not self.ok(self.ours):
             return None
         found = re.search(r" in ([0-9.]+) s$", self.ours.log_tail.strip())  # type: ignore[union-attr]

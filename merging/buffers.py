@@ -269,9 +269,8 @@ class TensorCache:
         with self._lock:
             if not self.store or key in self._items:
                 return False
-            while derived and not self._fits(size):
-                if not self._evict_newest(derived_too=False):
-                    break
+            if derived:
+                self._evict_until(lambda: self._fits(size), derived_too=False)
             if not self._fits(size):
                 return False
             self._items[key] = (value, size, derived)
@@ -284,9 +283,9 @@ class TensorCache:
         evicting the newest tensors that are in the way."""
         with self._lock:
             self.in_flight_peak = min(max(0, nbytes), self.max_bytes)
-            while self.bytes + self.in_flight_peak > self.max_bytes:
-                if not self._evict_newest(derived_too=False):
-                    break
+            self._evict_until(
+                lambda: self.bytes + self.in_flight_peak <= self.max_bytes, derived_too=False
+            )
             self._shrink()
 
     def _fits(self, size: int) -> bool:
@@ -323,10 +322,13 @@ class TensorCache:
                     return True
         return False
 
+    def _evict_until(self, done: Callable[[], bool], *, derived_too: bool) -> None:
+        """Drop the newest entries (``_evict_newest``) until ``done()`` or none is left."""
+        while not done() and self._evict_newest(derived_too=derived_too):
+            pass
+
     def _shrink(self) -> None:
-        while self.bytes + self.reserved > self.max_bytes:
-            if not self._evict_newest(derived_too=True):
-                break
+        self._evict_until(lambda: self.bytes + self.reserved <= self.max_bytes, derived_too=True)
         if self.spare is not None:  # what is not cached may be lent or idle there
             self.spare.limit(self.max_bytes - self.bytes)
         self.high_water = max(self.high_water, self.bytes + self.reserved)

@@ -62,5 +62,5 @@ def remembered(key: Hashable | None, compute: Callable[[], T]) -> T:
     if kept is not None:
         return kept
     value = compute()
-    current.cache.put(("derived", key), value, value.nbytes, derived=True)  # type: ignore[attr-defined]
+    current.cache.put(("derived", key), value, derived=True)
     return value
