@@ -115,9 +115,9 @@ def test_trials_over_sources_larger_than_the_cache_still_hit_it(models, monkeypa
         per_trial.append(len(reads))
         allocations.append(merger.pool.allocations)
         assert merger.cache.bytes + merger.pool.idle_bytes <= sources
-    # later trials recycle (a few buffers of sizes the pool had to drop: ~3 of 43 here; 42-52 a
-    # trial without the jobs' room)
-    assert allocations[2] - allocations[1] <= allocations[0] // 8
+    # later trials recycle: a few buffers of sizes the pool had to drop, 3-6 against 43-47 in
+    # the first trial here as jobs happen to overlap; 42-52 a trial without the jobs' room
+    assert allocations[2] - allocations[1] <= allocations[0] // 4
     tensors = 2 * len(merger.plan(config).jobs)
     assert per_trial[0] == tensors
     assert per_trial[1] == per_trial[2] < tensors  # a stable share from memory
