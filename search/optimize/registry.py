@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 
+from mergesearch.search.optimize.experimental import quietly
 from mergesearch.search.optimize.portfolio import PortfolioSampler
 from mergesearch.search.optimize.pruning import StageHalvingPruner
 
@@ -82,13 +82,6 @@ class PrunerEntry:
     per_item: bool = False  # compares per-item scores, not stage means
 
 
-def _experimental(make: Callable[[], Any]) -> Any:
-    """Build an Optuna object that warns it is experimental: we pin the Optuna version we use."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return make()
-
-
 def _portfolio(p: Problem) -> BaseSampler:
     return PortfolioSampler(
         methods=p.methods,
@@ -123,7 +116,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
         categorical=True,
         multi_objective=False,
         auto_when=lambda p: len(p.methods) > 1,
-        title="a portfolio over merge methods (successive halving, TPE within each method)",
+        title="a portfolio over merge methods (successive halving, a model of their parameters)",
     ),
     "cmaes": SamplerEntry(
         lambda p: optuna.samplers.CmaEsSampler(
@@ -148,7 +141,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
     ),
     "random": _general(optuna.samplers.RandomSampler, "random search"),
     "qmc": SamplerEntry(
-        lambda p: _experimental(
+        lambda p: quietly(
             lambda: optuna.samplers.QMCSampler(
                 seed=p.seed,
                 **{"scramble": True, "warn_independent_sampling": False, **p.options},
@@ -175,7 +168,7 @@ PRUNERS: dict[str, PrunerEntry] = {
         prunes=True,
     ),
     "wilcoxon": PrunerEntry(
-        lambda options: _experimental(
+        lambda options: quietly(
             lambda: optuna.pruners.WilcoxonPruner(**{"p_threshold": 0.1, **options})
         ),
         prunes=True,

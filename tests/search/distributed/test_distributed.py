@@ -451,13 +451,15 @@ def test_the_rerun_after_a_kill_does_not_wait_for_the_grace_period(family, tmp_p
 
 
 @needs_postgres
-def test_two_workers_share_the_method_portfolio(family, tmp_path, fresh_db, workers):
+@pytest.mark.parametrize("inner", ["tpe", "shared-cmaes"])
+def test_two_workers_share_the_method_portfolio(family, tmp_path, fresh_db, workers, inner):
     """``sampler: auto`` over three methods, two workers on one PostgreSQL study: the budget is
-    exact, every method gets its warm-up, and each trial's method is recorded for the other."""
+    exact, every method gets its warm-up, and each trial's method is recorded for the other;
+    with a sampler per method and with one CMA-ES that both workers share through the study."""
     path = write_spec(family, tmp_path, fresh_db, trials=28, barrier=2)
     spec = yaml.safe_load(path.read_text())
     spec["methods"] = ["ties", "linear", "task_arithmetic"]
-    spec["sampler"] = {"name": "auto", "seed": 0}
+    spec["sampler"] = {"name": "auto", "seed": 0, "options": {"inner": inner}}
     path.write_text(yaml.safe_dump(spec))
     for _ in range(2):
         workers.start(str(path), "--no-progress")

@@ -89,11 +89,23 @@ def test_auto_gives_each_method_its_default_point_first(family, tmp_path):
     assert all(t.system_attrs[A.PORTFOLIO_METHOD] == m for m, ts in methods.items() for t in ts)
 
 
-def test_parameters_a_method_ignores_stay_fixed(family, tmp_path):
-    spec = make_spec(family, tmp_path, sampler={"name": "auto"}, budget={"trials": 16})
+@pytest.mark.parametrize("inner", ["tpe", "shared-cmaes"])
+def test_parameters_a_method_ignores_stay_out_of_its_merges(family, tmp_path, inner):
+    """Whatever values they carry, parameters linear does not read never reach its configs; a
+    sampler per method holds them fixed, the shared one keeps what it drew (its own model of
+    the trial), so identical merges are recognised by their config."""
+    spec = make_spec(
+        family,
+        tmp_path,
+        sampler={"name": "auto", "options": {"inner": inner}},
+        budget={"trials": 16},
+    )
     study = run_search(spec, progress=False, heldout=False).study
     linear = _by_method(study)["linear"]
-    assert len({(t.params["density.a"], t.params["lambda"]) for t in linear}) == 1
+    assert all("density" not in t.user_attrs[A.MERGE_CONFIG] for t in linear)
+    assert all("lambda" not in t.user_attrs[A.MERGE_CONFIG] for t in linear)
+    ignored = {(t.params["density.a"], t.params["lambda"]) for t in linear}
+    assert len(ignored) == 1 if inner == "tpe" else len(ignored) > 1
 
 
 def test_a_spec_with_one_method_behaves_like_a_plain_sampler(family, tmp_path):
@@ -113,8 +125,14 @@ def test_a_spec_with_one_method_behaves_like_a_plain_sampler(family, tmp_path):
     assert "PortfolioSampler" not in repr(studies["auto"].sampler)
 
 
-def test_a_resumed_study_goes_on_with_the_allocation_it_had(family, tmp_path):
-    spec = make_spec(family, tmp_path, sampler={"name": "auto"}, budget={"trials": 24})
+@pytest.mark.parametrize("inner", ["tpe", "shared-cmaes"])
+def test_a_resumed_study_goes_on_with_the_allocation_it_had(family, tmp_path, inner):
+    spec = make_spec(
+        family,
+        tmp_path,
+        sampler={"name": "auto", "options": {"inner": inner}},
+        budget={"trials": 24},
+    )
     probe.INTERRUPT_ON_CALL = 12
     with pytest.raises(KeyboardInterrupt):
         run_search(spec, progress=False, heldout=False)
@@ -134,3 +152,39 @@ def test_a_resumed_study_goes_on_with_the_allocation_it_had(family, tmp_path):
 def test_portfolio_refuses_an_unknown_inner_sampler():
     with pytest.raises(ValueError, match="inner sampler 'nope'"):
         PortfolioSampler(methods=["a"], used={"a": []}, distributions={}, defaults={}, inner="nope")
+
+
+def _share_study(inner: str) -> list[float]:
+    """Two methods read one parameter ``x``; only ``lead``'s score depends on it (best at
+    x = 0.8), ``rare`` scores the same wherever it is. Returns ``rare``'s last ten x values."""
+    distributions = {
+        "method": optuna.distributions.CategoricalDistribution(["lead", "rare"]),
+        "x": optuna.distributions.FloatDistribution(0.0, 1.0),
+    }
+    sampler = PortfolioSampler(
+        methods=["lead", "rare"],
+        used={"lead": ["x"], "rare": ["x"]},
+        distributions=distributions,
+        defaults={"lead": {"x": 0.5}, "rare": {"x": 0.5}},
+        seed=0,
+        inner=inner,
+        uniform=True,
+    )
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+
+    def objective(trial: optuna.Trial) -> float:
+        method = trial.suggest_categorical("method", ["lead", "rare"])
+        x = trial.suggest_float("x", 0.0, 1.0)
+        return 1.0 - (x - 0.8) ** 2 if method == "lead" else 0.5
+
+    study.optimize(objective, n_trials=80)
+    return [t.params["x"] for t in study.trials if t.params["method"] == "rare"][-10:]
+
+
+def test_a_shared_inner_sampler_carries_what_one_method_learns_to_the_others():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shared = _share_study("shared-cmaes")
+    alone = _share_study("random")  # each method on its own: rare learns nothing about x
+    distance = {n: sum(abs(x - 0.8) for x in xs) / 10 for n, xs in [("s", shared), ("a", alone)]}
+    assert distance["s"] < 0.1, shared
+    assert distance["a"] > 2 * distance["s"], (shared, alone)
