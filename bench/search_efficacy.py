@@ -58,6 +58,13 @@ REFERENCE_JSON = ROOT / "bench" / "efficacy" / "reference.json"
 # (their digests match) and carries on where this one stopped
 RUNS_JSON = ROOT / "bench" / "efficacy" / "runs.json"
 STRATEGIES = ("auto", "tpe", "cmaes", "gp", "random")
+# Strategies that are a sampler with options: the method portfolio with one multivariate TPE
+# per method (`auto-tpe`, the default inner sampler since the portfolio landed) or with one
+# CMA-ES shared by all methods (`auto-cmaes`). `auto` is whichever is the default.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "auto-tpe": {"name": "auto", "options": {"inner": "tpe"}},
+    "auto-cmaes": {"name": "auto", "options": {"inner": "shared-cmaes"}},
+}
 # Multi-fidelity variants: `<sampler>+mf` searches with the staged pruner (each candidate scored
 # on 25 items per task, the best third of those goes on to 100, the best third again to the
 # whole split): the same trials for far fewer evaluated items.
@@ -230,9 +237,10 @@ def run_command(
     samplers = (*SAMPLERS, AUTO)  # auto: the default strategy, resolved per spec
 
     for strategy in strategies:
-        if strategy != DEMO_STRATEGY and strategy.removesuffix(MF_SUFFIX) not in samplers:
+        base = strategy.removesuffix(MF_SUFFIX)
+        if strategy != DEMO_STRATEGY and base not in samplers and base not in VARIANTS:
             raise ValueError(
-                f"strategy {strategy!r}: choose from {', '.join(samplers)} "
+                f"strategy {strategy!r}: choose from {', '.join([*samplers, *VARIANTS])} "
                 f"(each also as <name>{MF_SUFFIX})"
             )
     if any(b < 1 for b in budgets):
@@ -256,7 +264,9 @@ def run_command(
         for strategy in strategies
         for budget in ([_demo_budget()] if strategy == DEMO_STRATEGY else budgets)
         for seed in seeds
-        if run_key(landscape.name, strategy, budget, seed, digests[landscape.name]) not in runs
+        if not _recorded(
+            runs, run_key(landscape.name, strategy, budget, seed, digests[landscape.name]), strategy
+        )
         and (strategy != DEMO_STRATEGY or landscape.targets == L.demo_tasks.EVAL_TASKS)
     ]
     bar = tqdm(todo, unit="run", desc="runs", file=sys.stderr, dynamic_ncols=True)
@@ -284,10 +294,10 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
 
     weights = L.weights_digest(landscape)
     key = run_key(landscape.name, strategy, budget, seed, weights)
-    recipe = _demo_recipe() if strategy == DEMO_STRATEGY else None
-    cached = _read_json(RUNS_JSON).get(key)
-    if cached is not None and cached.get("recipe") == recipe:
-        return cached
+    recipe = strategy_recipe(strategy)
+    runs = _read_json(RUNS_JSON)
+    if _recorded(runs, key, strategy):
+        return runs[key]
     db = L.OUT / "runs" / f"{landscape.name}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     name = study_name(strategy, budget, seed, recipe)
@@ -297,7 +307,9 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
         spec = L.spec_for(
             landscape,
             methods=landscape.methods,
-            sampler=strategy.removesuffix(MF_SUFFIX),
+            sampler=VARIANTS.get(
+                strategy.removesuffix(MF_SUFFIX), strategy.removesuffix(MF_SUFFIX)
+            ),
             budget=budget,
             seed=seed,
             storage=f"sqlite:///{db}",
@@ -332,10 +344,27 @@ def _demo_budget() -> int:
     return int(_shipped_demo_spec()["budget"]["trials"])
 
 
-def _demo_recipe() -> str:
-    """Digest of the shipped demo spec minus what a landscape replaces: a demo run recorded
-    under an older recipe is run again, not reported as this one's."""
-    recipe = {k: v for k, v in _shipped_demo_spec().items() if k not in ("name", "sources")}
+def _recorded(runs: dict[str, Any], key: str, strategy: str) -> bool:
+    """Whether ``key`` ran under the strategy's current recipe."""
+    return key in runs and runs[key].get("recipe") == strategy_recipe(strategy)
+
+
+def strategy_recipe(strategy: str) -> str | None:
+    """What a strategy's name alone does not pin down, as a short digest (``None``: nothing):
+    a run recorded under another recipe is run again, not reported as this one's.
+
+    ``auto`` depends on the portfolio's default inner sampler; ``demo`` on the shipped demo spec
+    minus what a landscape replaces, and on ``auto`` (the spec's sampler)."""
+    from mergesearch.search.optimize.portfolio import DEFAULT_INNER
+
+    recipe: dict[str, Any] = {}
+    if strategy == DEMO_STRATEGY:
+        spec = _shipped_demo_spec()
+        recipe = {k: v for k, v in spec.items() if k not in ("name", "sources")}
+    if strategy.removesuffix(MF_SUFFIX) == "auto" or strategy == DEMO_STRATEGY:
+        recipe["auto_inner"] = DEFAULT_INNER
+    if not recipe:
+        return None
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -125,3 +125,21 @@ def test_the_file_reports_every_cpu_with_a_plot_of_its_own_and_keeps_the_notes(
     plots = sorted(p.name for p in tmp_path.glob("*.png"))
     assert plots == ["search_efficacy-cpu-one.png", "search_efficacy-cpu-two.png"]
     assert all(f"]({name})" in text for name in plots)
+
+
+def test_a_run_under_another_recipe_of_its_strategy_is_not_taken_as_recorded(monkeypatch):
+    """``auto`` changes with the portfolio's default inner sampler and ``demo`` with it too: a
+    record made before such a change is run again, not reported as the current strategy's."""
+    from bench import search_efficacy as E
+    from mergesearch.search.optimize import portfolio
+
+    now = {s: E.strategy_recipe(s) for s in ("auto", "auto+mf", "demo", "random", "auto-tpe")}
+    assert now["random"] is None and now["auto-tpe"] is None  # nothing beyond the name
+    runs = {"k": {"recipe": now["auto"]}, "old": {}}
+    assert E._recorded(runs, "k", "auto") and not E._recorded(runs, "old", "auto")
+    assert E._recorded(runs, "old", "random") and not E._recorded(runs, "missing", "random")
+    other = next(k for k in portfolio.INNER_SAMPLERS if k != portfolio.DEFAULT_INNER)
+    monkeypatch.setattr(portfolio, "DEFAULT_INNER", other)
+    for strategy in ("auto", "auto+mf", "demo"):
+        assert E.strategy_recipe(strategy) != now[strategy]
+    assert not E._recorded(runs, "k", "auto")
