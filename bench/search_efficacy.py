@@ -301,15 +301,14 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
     db = L.OUT / "runs" / f"{landscape.name}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     name = study_name(strategy, budget, seed, recipe)
+    base = strategy.removesuffix(MF_SUFFIX)
     if strategy == DEMO_STRATEGY:
         spec = _demo_spec(landscape, seed=seed, storage=f"sqlite:///{db}", name=name)
     else:
         spec = L.spec_for(
             landscape,
             methods=landscape.methods,
-            sampler=VARIANTS.get(
-                strategy.removesuffix(MF_SUFFIX), strategy.removesuffix(MF_SUFFIX)
-            ),
+            sampler=VARIANTS.get(base, base),
             budget=budget,
             seed=seed,
             storage=f"sqlite:///{db}",

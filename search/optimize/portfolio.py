@@ -198,12 +198,21 @@ class PortfolioSampler(BaseSampler):
         self._seed = seed
         kind = INNER_SAMPLERS[inner]
         self.shared = kind.shared
+        numeric = {
+            p: d
+            for p, d in self.distributions.items()
+            if not isinstance(d, optuna.distributions.CategoricalDistribution)
+        }
         if self.shared:
             one = kind.build(seed, startup)
             self._inner = {m: one for m in self.methods}
+            self._spaces = {m: numeric for m in self.methods}
         else:
             self._inner = {
                 m: kind.build(seed + 1009 * i, startup) for i, m in enumerate(self.methods)
+            }
+            self._spaces = {
+                m: {p: self.distributions[p] for p in self.used[m]} for m in self.methods
             }
         self._chosen: dict[int, str] = {}  # trial id -> method, for trials of this process
 
@@ -261,14 +270,7 @@ class PortfolioSampler(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        method = self._method(study, trial)
-        if self.shared:
-            return {
-                p: d
-                for p, d in self.distributions.items()
-                if not isinstance(d, optuna.distributions.CategoricalDistribution)
-            }
-        return {p: self.distributions[p] for p in self.used[method]}
+        return dict(self._spaces[self._method(study, trial)])
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
