@@ -6,6 +6,7 @@
     python bench/search_efficacy.py reference [--only NAME ...] [--force]
     python bench/search_efficacy.py run [--strategies auto tpe cmaes gp random auto+mf]
         [--budgets 30 60 120] [--seeds 0 1 2] [--only NAME ...]
+    python bench/search_efficacy.py rescore [--only NAME ...]
 
 ``build`` builds every landscape's family (``bench/efficacy/landscapes.py``; minutes each, cached
 under ``bench/out/efficacy/``) and prints base, specialists and 50/50 average on the held-out
@@ -20,7 +21,9 @@ the merge chosen on the search split: median and worst per strategy and budget, 
 shipped ``configs/searches/demo.yaml`` on every demo family (six seeds x one and two torch
 threads) and prints its margin over the better specialist: the table of ``bench/RESULTS_demo.md``. Each run is cached in
 ``bench/efficacy/runs.json`` (committed, with the digest of the weights it searched; its study in
-SQLite under ``bench/out/``), so a rerun resumes.
+SQLite under ``bench/out/``), so a rerun resumes. A regret comes with its standard error, paired
+by held-out item against the reference (``bench/efficacy/paired.py``); ``rescore`` rebuilds the
+merges of references and runs recorded before that was kept and scores them again.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_name, "1")  # everything is local: never wait on the network
 
 from bench.efficacy import landscapes as L  # noqa: E402
-from bench.efficacy import report  # noqa: E402
+from bench.efficacy import paired, report  # noqa: E402
 
 # The reference search: one constant, so that switching it (to the uniform method portfolio,
 # once it lands) is one edit. TPE with 100 random start-up trials (each method sampled often
@@ -87,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser(
         "demo-table", help="the shipped demo search on each demo family (RESULTS_demo.md)"
     )
-    for p in (build, reference, run, demo):
+    rescore = sub.add_parser(
+        "rescore", help="per-item scores of recorded merges: each regret's standard error"
+    )
+    for p in (build, reference, run, demo, rescore):
         p.add_argument("--only", nargs="+", metavar="NAME", help="these landscapes only")
     for p in (build, reference):
         p.add_argument("--force", action="store_true", help="redo what is built or recorded")
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return demo_table_command(chosen)
         if args.command == "reference":
             return reference_command(chosen, force=args.force)
+        if args.command == "rescore":
+            return rescore_command(chosen)
         return run_command(chosen, args.strategies, args.budgets, args.seeds)
     except (KeyError, ValueError, FileNotFoundError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
@@ -194,6 +202,7 @@ def reference_command(chosen: list[L.Landscape], *, force: bool) -> int:
             "trial": got.trial,
             "params": got.params,
             "merge_config": got.merge_config,
+            "heldout_items": paired.encode_items(got.heldout_items),
             "best_specialist": {"name": best_specialist, "heldout": specialists[best_specialist]},
             "average_heldout": table[next(k for k in table if k.endswith("average"))]["mean"],
             "base_heldout": table["base"]["mean"],
@@ -325,10 +334,77 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
         **({"recipe": recipe} if recipe else {}),
         **got.to_dict(),
     }
+    reference = _read_json(REFERENCE_JSON).get(report.weights_key(landscape.name, weights), {})
+    if "heldout_items" in reference and got.heldout_items:
+        error = paired.regret_with_error(
+            paired.decode_items(reference["heldout_items"]), got.heldout_items, landscape.targets
+        )
+        record["regret_stderr"] = error.stderr if error else None
     runs = _read_json(RUNS_JSON)  # another process may have recorded meanwhile
     runs[key] = record
     _write_json(RUNS_JSON, runs)
     return record
+
+
+# --------------------------------------------------------------------------- rescore
+
+
+def rescore_command(chosen: list[L.Landscape]) -> int:
+    """Per-item held-out scores for what was recorded before they were kept: each reference's
+    (recorded) and each run's regret standard error, for the built landscapes among ``chosen``.
+
+    A merge is rebuilt from its recorded mergekit YAML and scored again; where the score differs
+    from the recorded one the record is left alone and counted, never patched."""
+    from tqdm import tqdm
+
+    for landscape in chosen:
+        if not L.is_built(landscape):
+            continue
+        weights = L.weights_digest(landscape)
+        key = report.weights_key(landscape.name, weights)
+        reference = _read_json(REFERENCE_JSON).get(key)
+        if reference is None:
+            continue
+        rescorer = paired.Rescorer(landscape)
+        if "heldout_items" not in reference:
+            mean, items = rescorer.items(reference["merge_config"])
+            if abs(mean - reference["reference"]) > 1e-9:
+                print(
+                    f"{landscape.name}: the reference rebuilt scores {mean:.4f}, recorded "
+                    f"{reference['reference']:.4f}; left alone",
+                    flush=True,
+                )
+                continue
+            recorded = _read_json(REFERENCE_JSON)
+            recorded[key]["heldout_items"] = reference["heldout_items"] = paired.encode_items(items)
+            _write_json(REFERENCE_JSON, recorded)
+        reference_items = paired.decode_items(reference["heldout_items"])
+        todo = [
+            k
+            for k, r in _read_json(RUNS_JSON).items()
+            if r["landscape"] == landscape.name
+            and r.get("weights") == weights
+            and "regret_stderr" not in r
+            and r.get("merge_config")
+        ]
+        differ = 0
+        for k in tqdm(todo, unit="run", desc=landscape.name, file=sys.stderr, dynamic_ncols=True):
+            record = _read_json(RUNS_JSON)[k]
+            mean, items = rescorer.items(record["merge_config"])
+            if abs(mean - record["heldout"]) > 1e-9:
+                differ += 1
+                continue
+            error = paired.regret_with_error(reference_items, items, landscape.targets)
+            runs = _read_json(RUNS_JSON)  # another process may have recorded meanwhile
+            runs[k]["regret_stderr"] = error.stderr if error else None
+            _write_json(RUNS_JSON, runs)
+        print(
+            f"{landscape.name}: {len(todo) - differ} of {len(todo)} runs rescored"
+            + (f"; {differ} rebuilt to another score, left alone" if differ else ""),
+            flush=True,
+        )
+    report.write_results(REFERENCE_JSON, RUNS_JSON)
+    return 0
 
 
 def _shipped_demo_spec() -> dict[str, Any]:

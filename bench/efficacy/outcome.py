@@ -38,13 +38,18 @@ class Outcome:
     best_source: str | None = None
     gain: float | None = None
     gain_stderr: float | None = None
+    # the chosen merge's held-out (document id, score) pairs per objective: for a paired
+    # comparison with the reference; too long for a record, so ``to_dict`` leaves them out
+    heldout_items: dict[str, list] = field(default_factory=dict, repr=False)
 
     @property
     def items_spent(self) -> int:
         return self.items if self.items is not None else self.items_estimated
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        del record["heldout_items"]
+        return record
 
 
 def outcome(result: SearchResult) -> Outcome:
@@ -77,4 +82,5 @@ def outcome(result: SearchResult) -> Outcome:
         best_source=source.label if source else None,
         gain=gain.value if gain else None,
         gain_stderr=gain.stderr if gain else None,
+        heldout_items=dict(best.heldout_items) if best else {},
     )

@@ -150,23 +150,39 @@ class DemoScorer:
         self.work = LlamaForCausalLM.from_pretrained(root / BASE_DIR)
         self.merger = merging.Merger()  # keeps the family's checkpoints open between merges
 
-    def scores(self, config: Mapping[str, Any] | None, model_dir: Path | None = None) -> dict:
-        """Per-task exact match and their mean, of a merge config or of a saved model."""
+    def scores(
+        self,
+        config: Mapping[str, Any] | None,
+        model_dir: Path | None = None,
+        *,
+        per_item: bool = False,
+        seed: int | None = 0,
+    ) -> dict:
+        """Per-task exact match and their mean, of a merge config or of a saved model.
+
+        ``per_item`` adds ``items``: per task the ``(document id, score)`` pairs, for paired
+        comparisons of two merges on the same items. ``seed`` seeds the merge's random draws
+        (DARE, DELLA); ``None`` keeps the config's own, to rebuild a merge a search recorded.
+        """
         from mergesearch import merging
 
         if config is not None:
             # in place, through the project's merge engine, exactly as a search trial merges
-            self.merger.merge_into(merging.load_merge_config(dict(config)), self.work, seed=0)
+            self.merger.merge_into(merging.load_merge_config(dict(config)), self.work, seed=seed)
             model = self.work
         else:
             from transformers import LlamaForCausalLM
 
             model = LlamaForCausalLM.from_pretrained(model_dir)
-        metrics = self.evaluator.evaluate(model, self.tokenizer).metrics
-        per_task = {
-            t: metrics[f"{demo_tasks.task_name(t, self.split)}/{METRIC}"] for t in self.targets
-        }
-        return {**per_task, "mean": sum(per_task.values()) / len(per_task)}
+        result = self.evaluator.evaluate(model, self.tokenizer, per_item=per_item)
+        keys = {t: f"{demo_tasks.task_name(t, self.split)}/{METRIC}" for t in self.targets}
+        per_task = {t: result.metrics[key] for t, key in keys.items()}
+        out = {**per_task, "mean": sum(per_task.values()) / len(per_task)}
+        if per_item:
+            out["items"] = {
+                t: [tuple(pair) for pair in result.items[key]] for t, key in keys.items()
+            }
+        return out
 
     def row(
         self, name: str, config: Mapping[str, Any] | None, model_dir: Path | None = None
