@@ -68,6 +68,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "auto-tpe": {"name": "auto", "options": {"inner": "tpe"}},
     "auto-cmaes": {"name": "auto", "options": {"inner": "shared-cmaes"}},
 }
+# What the portfolio does besides its inner sampler (allocation, starting points), as a number
+# to raise with each change, so that earlier runs of a portfolio strategy are run again rather
+# than reported as the current code's. 1: default points at mid-range weights; 2: default
+# weights equal and summing to one (the plain average, for task arithmetic too).
+PORTFOLIO_REVISION = 2
 # Multi-fidelity variants: `<sampler>+mf` searches with the staged pruner (each candidate scored
 # on 25 items per task, the best third of those goes on to 100, the best third again to the
 # whole split): the same trials for far fewer evaluated items.
@@ -429,15 +434,19 @@ def strategy_recipe(strategy: str) -> str | None:
     a run recorded under another recipe is run again, not reported as this one's.
 
     ``auto`` depends on the portfolio's default inner sampler; ``demo`` on the shipped demo spec
-    minus what a landscape replaces, and on ``auto`` (the spec's sampler)."""
+    minus what a landscape replaces, and on ``auto`` (the spec's sampler); every portfolio
+    strategy on ``PORTFOLIO_REVISION``."""
     from mergesearch.search.optimize.portfolio import DEFAULT_INNER
 
     recipe: dict[str, Any] = {}
+    base = strategy.removesuffix(MF_SUFFIX)
     if strategy == DEMO_STRATEGY:
         spec = _shipped_demo_spec()
         recipe = {k: v for k, v in spec.items() if k not in ("name", "sources")}
-    if strategy.removesuffix(MF_SUFFIX) == "auto" or strategy == DEMO_STRATEGY:
+    if base == "auto" or strategy == DEMO_STRATEGY:
         recipe["auto_inner"] = DEFAULT_INNER
+    if base == "auto" or base in VARIANTS or strategy == DEMO_STRATEGY:
+        recipe["portfolio"] = PORTFOLIO_REVISION
     if not recipe:
         return None
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]

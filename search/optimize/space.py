@@ -202,12 +202,19 @@ class SearchSpace:
 
     def default_point(self, method: str) -> dict[str, Any]:
         """Where a method usually works, as values of the parameters it reads: the method's
-        own default where it has one inside the searched range, else the middle of the range
-        (every model the same weight: an even blend)."""
+        own default where it has one inside the searched range, else the middle of the range.
+
+        Models' weights, which have no default, are equal and sum to one (as far as the range
+        allows): the plain average of the models, and for the task-arithmetic family, which
+        does not normalise, the average of their task vectors. The middle of the range would
+        scale three task vectors by 1.65 at weights in [0.1, 1]: far past where such merges
+        work, so a method compared early on its default point would look worse than it is."""
         defaults = {
             **merging.METHODS[method].per_model_params,
             **merging.METHODS[method].global_params,
         }
+        if not isinstance(defaults.get("weight"), int | float):
+            defaults["weight"] = 1 / max(len(self.inputs(method)), 1)
         point: dict[str, Any] = {}
         for name in self.used[method]:
             dist = self.distributions[name]

@@ -133,8 +133,9 @@ def test_a_run_under_another_recipe_of_its_strategy_is_not_taken_as_recorded(mon
     from bench import search_efficacy as E
     from mergesearch.search.optimize import portfolio
 
-    now = {s: E.strategy_recipe(s) for s in ("auto", "auto+mf", "demo", "random", "auto-tpe")}
-    assert now["random"] is None and now["auto-tpe"] is None  # nothing beyond the name
+    strategies = ("auto", "auto+mf", "demo", "random", "auto-tpe", "auto-cmaes")
+    now = {s: E.strategy_recipe(s) for s in strategies}
+    assert now["random"] is None  # nothing beyond the name
     runs = {"k": {"recipe": now["auto"]}, "old": {}}
     assert E._recorded(runs, "k", "auto") and not E._recorded(runs, "old", "auto")
     assert E._recorded(runs, "old", "random") and not E._recorded(runs, "missing", "random")
@@ -142,4 +143,10 @@ def test_a_run_under_another_recipe_of_its_strategy_is_not_taken_as_recorded(mon
     monkeypatch.setattr(portfolio, "DEFAULT_INNER", other)
     for strategy in ("auto", "auto+mf", "demo"):
         assert E.strategy_recipe(strategy) != now[strategy]
+    assert E.strategy_recipe("auto-tpe") == now["auto-tpe"]  # its inner sampler is its name
     assert not E._recorded(runs, "k", "auto")
+    # a change of the portfolio itself (allocation, starting points) reruns every portfolio run
+    monkeypatch.setattr(E, "PORTFOLIO_REVISION", E.PORTFOLIO_REVISION + 1)
+    for strategy in ("auto", "auto+mf", "demo", "auto-tpe", "auto-cmaes"):
+        assert E.strategy_recipe(strategy) != now[strategy]
+    assert E.strategy_recipe("random") is None

@@ -81,10 +81,10 @@ def test_auto_gives_each_method_its_default_point_first(family, tmp_path):
     assert set(methods) == {"ties", "linear"}
     assert all(len(trials) >= 2 for trials in methods.values())
     first_ties = methods["ties"][0].params
-    # ties' own default lambda (1.0) and density (1.0) inside the ranges; weights mid-range
+    # ties' own default lambda (1.0) and density (1.0) inside the ranges; equal weights summing to one
     assert first_ties["lambda"] == 1.0
     assert first_ties["density.a"] == first_ties["density.b"] == 1.0
-    assert first_ties["weight.a"] == first_ties["weight.b"] == pytest.approx(0.55)
+    assert first_ties["weight.a"] == first_ties["weight.b"] == pytest.approx(0.5)
     # the method each trial was given is recorded for the other workers
     assert all(t.system_attrs[A.PORTFOLIO_METHOD] == m for m, ts in methods.items() for t in ts)
 

@@ -141,3 +141,41 @@ def test_fingerprint_changes_with_the_space_only():
         space_of().fingerprint()
         != space_of(parameters={"weight": {"low": 0.2, "high": 1.0}, "density": 0.5}).fingerprint()
     )
+
+
+def test_default_weights_are_equal_and_sum_to_one_within_the_range():
+    """Three task vectors at mid-range weights (0.55 each) would be scaled by 1.65: the default
+    point of a method that does not normalise its weights is the average of the models."""
+    three = {"base": "org/base", "models": {"a": "org/a", "b": "org/b", "c": "org/c"}}
+    space = space_of(
+        sources=three,
+        methods=["task_arithmetic", "ties", "linear"],
+        parameters={"weight": {"low": 0.1, "high": 1.0}, "density": {"low": 0.1, "high": 1.0}},
+    )
+    for method in ("task_arithmetic", "ties", "linear"):
+        point = space.default_point(method)
+        assert [point[f"weight.{m}"] for m in "abc"] == [1 / 3] * 3, method
+    assert space.default_point("ties")["density.a"] == 1.0  # the method's own default
+    narrow = space_of(sources=three, parameters={"weight": {"low": 0.5, "high": 1.0}})
+    assert narrow.default_point("ties")["weight.a"] == 0.5  # kept inside the range
+
+
+def test_the_task_arithmetic_default_point_merges_to_the_plain_average(tmp_path):
+    import torch
+
+    from tests.helpers.tiny_models import load_state, make_llama_family
+
+    base, *models = make_llama_family(tmp_path / "family", n_models=4)
+    sources = {"base": str(base), "models": {m: str(p) for m, p in zip("abc", models, strict=True)}}
+    space = space_of(sources=sources, methods=["task_arithmetic", "linear"])
+    merged = {}
+    for method in ("task_arithmetic", "linear"):
+        config = space.config({**space.default_point(method), "method": method})
+        out = merging.Merger().merge_to_disk(config, tmp_path / method)
+        merged[method] = load_state(out)
+    assert merged["task_arithmetic"].keys() == merged["linear"].keys()
+    # equal up to the config's 4 significant digits of 1/3 (weights summing to 0.9999)
+    for name, tensor in merged["linear"].items():
+        torch.testing.assert_close(merged["task_arithmetic"][name], tensor, rtol=2e-4, atol=1e-5)
+    moved = [(merged["linear"][n] - t).abs().max() for n, t in load_state(base).items()]
+    assert max(moved) > 1e-3  # the average is not the base: the comparison has something to see
