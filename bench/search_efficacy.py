@@ -207,7 +207,7 @@ def reference_command(chosen: list[L.Landscape], *, force: bool) -> int:
             "trial": got.trial,
             "params": got.params,
             "merge_config": got.merge_config,
-            "heldout_items": paired.encode_items(got.heldout_items),
+            "heldout_items": paired.encode_items(got.heldout_items),  # {} when none were kept
             "best_specialist": {"name": best_specialist, "heldout": specialists[best_specialist]},
             "average_heldout": table[next(k for k in table if k.endswith("average"))]["mean"],
             "base_heldout": table["base"]["mean"],
@@ -340,11 +340,7 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
         **got.to_dict(),
     }
     reference = _read_json(REFERENCE_JSON).get(report.weights_key(landscape.name, weights), {})
-    if "heldout_items" in reference and got.heldout_items:
-        error = paired.regret_with_error(
-            paired.decode_items(reference["heldout_items"]), got.heldout_items, landscape.targets
-        )
-        record["regret_stderr"] = error.stderr if error else None
+    record["regret_stderr"] = paired.regret_stderr(reference, got.heldout_items, landscape.targets)
     runs = _read_json(RUNS_JSON)  # another process may have recorded meanwhile
     runs[key] = record
     _write_json(RUNS_JSON, runs)
@@ -371,7 +367,7 @@ def rescore_command(chosen: list[L.Landscape]) -> int:
         if reference is None:
             continue
         rescorer = paired.Rescorer(landscape)
-        if "heldout_items" not in reference:
+        if not reference.get("heldout_items"):
             mean, items = rescorer.items(reference["merge_config"])
             if abs(mean - reference["reference"]) > 1e-9:
                 print(
@@ -383,13 +379,12 @@ def rescore_command(chosen: list[L.Landscape]) -> int:
             recorded = _read_json(REFERENCE_JSON)
             recorded[key]["heldout_items"] = reference["heldout_items"] = paired.encode_items(items)
             _write_json(REFERENCE_JSON, recorded)
-        reference_items = paired.decode_items(reference["heldout_items"])
         todo = [
             k
             for k, r in _read_json(RUNS_JSON).items()
             if r["landscape"] == landscape.name
             and r.get("weights") == weights
-            and "regret_stderr" not in r
+            and r.get("regret_stderr") is None
             and r.get("merge_config")
         ]
         differ = 0
@@ -399,9 +394,8 @@ def rescore_command(chosen: list[L.Landscape]) -> int:
             if abs(mean - record["heldout"]) > 1e-9:
                 differ += 1
                 continue
-            error = paired.regret_with_error(reference_items, items, landscape.targets)
             runs = _read_json(RUNS_JSON)  # another process may have recorded meanwhile
-            runs[k]["regret_stderr"] = error.stderr if error else None
+            runs[k]["regret_stderr"] = paired.regret_stderr(reference, items, landscape.targets)
             _write_json(RUNS_JSON, runs)
         print(
             f"{landscape.name}: {len(todo) - differ} of {len(todo)} runs rescored"

@@ -54,6 +54,18 @@ def regret_with_error(
     return paired_gain(reference, chosen, weights)
 
 
+def regret_stderr(
+    reference: Mapping[str, Any], chosen: ItemScores, targets: Sequence[str]
+) -> float | None:
+    """The standard error of a run's regret against a reference record of ``reference.json``;
+    ``None`` where either kept no per-item scores."""
+    encoded = reference.get("heldout_items")
+    if not encoded or not chosen:
+        return None
+    error = regret_with_error(decode_items(encoded), chosen, targets)
+    return error.stderr if error else None
+
+
 class Rescorer:
     """Held-out per-item scores of recorded merges of one landscape (one evaluator and one
     working model for all of them, as a search keeps)."""

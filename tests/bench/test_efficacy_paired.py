@@ -41,6 +41,15 @@ def test_the_regret_and_its_error_come_from_per_item_differences():
     assert same.value == 0 and same.stderr == 0
 
 
+def test_a_run_gets_an_error_only_where_the_reference_kept_its_items():
+    chosen = {"a": [(0, 1.0), (1, 0.0)]}
+    assert paired.regret_stderr({"reference": 0.5}, chosen, ["a"]) is None
+    assert paired.regret_stderr({"heldout_items": {}}, chosen, ["a"]) is None
+    got = paired.regret_stderr({"heldout_items": {"a": "11"}}, chosen, ["a"])
+    assert got == pytest.approx(0.5)  # differences 0 and 1: sample sd 0.707, over sqrt(2)
+    assert paired.regret_stderr({"heldout_items": {"a": "11"}}, {}, ["a"]) is None
+
+
 def _reference(score: float) -> dict:
     return {"landscape": "x", "reference": score, "family": {"weights": "w", "cpu": "cpu"}}
 
