@@ -275,13 +275,14 @@ def plot_regret(runs: list[dict[str, Any]], references: dict[str, Any], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    palette = plt.get_cmap("tab20").colors  # past ten strategies "C<i>" would repeat colours
     by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         if _run_reference(run, references) is not None:
             by_strategy[run["strategy"]].append(run)
     for i, (strategy, group) in enumerate(sorted(by_strategy.items())):
-        color = f"C{i}"
+        color = palette[i % len(palette)]
         for run in group:
             estimated = run.get("items") is None
             ax.scatter(
@@ -308,7 +309,7 @@ def plot_regret(runs: list[dict[str, Any]], references: dict[str, Any], path: Pa
     ax.set_xlabel("evaluated items spent by the search (hollow: estimated from trials)")
     ax.set_ylabel("regret (reference - held-out of chosen merge)")
     ax.set_title("Search efficacy: regret against items spent")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
