@@ -368,30 +368,33 @@ def rescore_command(chosen: list[L.Landscape]) -> int:
             continue
         rescorer = paired.Rescorer(landscape)
         if not reference.get("heldout_items"):
-            mean, items = rescorer.items(reference["merge_config"])
-            if abs(mean - reference["reference"]) > 1e-9:
-                print(
-                    f"{landscape.name}: the reference rebuilt scores {mean:.4f}, recorded "
-                    f"{reference['reference']:.4f}; left alone",
-                    flush=True,
-                )
+            items = rescorer.items_as_recorded(reference["merge_config"], reference["reference"])
+            if items is None:
+                print(f"{landscape.name}: the reference rebuilt to another score; left alone")
                 continue
             recorded = _read_json(REFERENCE_JSON)
             recorded[key]["heldout_items"] = reference["heldout_items"] = paired.encode_items(items)
             _write_json(REFERENCE_JSON, recorded)
-        todo = [
-            k
+        todo = {
+            k: r
             for k, r in _read_json(RUNS_JSON).items()
             if r["landscape"] == landscape.name
             and r.get("weights") == weights
             and r.get("regret_stderr") is None
             and r.get("merge_config")
-        ]
+        }
         differ = 0
-        for k in tqdm(todo, unit="run", desc=landscape.name, file=sys.stderr, dynamic_ncols=True):
-            record = _read_json(RUNS_JSON)[k]
-            mean, items = rescorer.items(record["merge_config"])
-            if abs(mean - record["heldout"]) > 1e-9:
+        bar = tqdm(
+            todo.items(),
+            total=len(todo),
+            unit="run",
+            desc=landscape.name,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        for k, record in bar:
+            items = rescorer.items_as_recorded(record["merge_config"], record["heldout"])
+            if items is None:
                 differ += 1
                 continue
             runs = _read_json(RUNS_JSON)  # another process may have recorded meanwhile

@@ -81,3 +81,11 @@ class Rescorer:
 
         got = self.scorer.scores(yaml.safe_load(merge_config), per_item=True, seed=None)
         return got["mean"], got["items"]
+
+    def items_as_recorded(
+        self, merge_config: str, recorded: float
+    ) -> dict[str, list[tuple[int, float]]] | None:
+        """The merge's per-item scores, or ``None`` when it rebuilds to another mean held-out
+        score than ``recorded``: then the items are not those of the recorded merge."""
+        mean, items = self.items(merge_config)
+        return items if abs(mean - recorded) <= 1e-9 else None

@@ -179,9 +179,7 @@ class DemoScorer:
         per_task = {t: result.metrics[key] for t, key in keys.items()}
         out = {**per_task, "mean": sum(per_task.values()) / len(per_task)}
         if per_item:
-            out["items"] = {
-                t: [tuple(pair) for pair in result.items[key]] for t, key in keys.items()
-            }
+            out["items"] = {t: list(result.items[key]) for t, key in keys.items()}
         return out
 
     def row(
