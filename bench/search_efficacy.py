@@ -432,7 +432,7 @@ def strategy_recipe(strategy: str) -> str | None:
 
     ``auto`` depends on the portfolio's default inner sampler; ``demo`` on the shipped demo spec
     minus what a landscape replaces, and on ``auto`` (the spec's sampler); every portfolio
-    strategy on ``PORTFOLIO_REVISION``."""
+    strategy on ``PORTFOLIO_REVISION``; a multi-fidelity one on its pruner's settings."""
     from mergesearch.search.optimize.portfolio import DEFAULT_INNER
 
     recipe: dict[str, Any] = {}
@@ -444,6 +444,8 @@ def strategy_recipe(strategy: str) -> str | None:
         recipe["auto_inner"] = DEFAULT_INNER
     if base == "auto" or base in VARIANTS or strategy == DEMO_STRATEGY:
         recipe["portfolio"] = PORTFOLIO_REVISION
+    if strategy.endswith(MF_SUFFIX):
+        recipe["pruner"] = MF_PRUNER
     if not recipe:
         return None
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]

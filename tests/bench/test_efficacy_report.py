@@ -150,3 +150,8 @@ def test_a_run_under_another_recipe_of_its_strategy_is_not_taken_as_recorded(mon
     for strategy in ("auto", "auto+mf", "demo", "auto-tpe", "auto-cmaes"):
         assert E.strategy_recipe(strategy) != now[strategy]
     assert E.strategy_recipe("random") is None
+    # other pruner settings rerun the multi-fidelity runs, and only those
+    before = {s: E.strategy_recipe(s) for s in strategies}
+    monkeypatch.setattr(E, "MF_PRUNER", {**E.MF_PRUNER, "stages": [10, None]})
+    assert E.strategy_recipe("auto+mf") != before["auto+mf"]
+    assert all(E.strategy_recipe(s) == before[s] for s in strategies if s != "auto+mf")
