@@ -76,7 +76,7 @@ PORTFOLIO_REVISION = 2
 # Multi-fidelity variants: `<sampler>+mf` searches with the staged pruner (each candidate scored
 # on 25 items per task, the best third of those goes on to 100, the best third again to the
 # whole split): the same trials for far fewer evaluated items.
-MF_SUFFIX = "+mf"
+MF_SUFFIX = report.MF_SUFFIX
 MF_PRUNER: dict[str, Any] = {"name": "halving", "stages": [25, 100, None]}
 # `demo`: the shipped configs/searches/demo.yaml as it is (its methods, sampler and budget),
 # pointed at a demo landscape's family; only on landscapes with the demo's targets.

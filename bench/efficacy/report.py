@@ -23,6 +23,7 @@ RESULTS = L.ROOT / "bench" / "RESULTS_efficacy.md"
 PLOTS = L.ROOT / "bench"  # search_efficacy-<cpu>.png, one plot per CPU with runs
 NOTES_MARK = "<!-- notes below are hand-written; bench/search_efficacy.py keeps them -->"
 WORST_TARGET = 0.03  # the issue's worst regret at 60 trials
+MF_SUFFIX = "+mf"  # `<strategy>+mf`: that strategy searched with the staged pruner
 
 INTRO = """\
 # Search efficacy: landscapes, reference scores, regret
@@ -185,32 +186,97 @@ def paired_differences(
     mean difference over those pairs and its standard error (the spread of the differences
     over the square root of their number). The issue's "mean regret 0.03 below random" is a
     mean difference of -0.03, told apart from zero only where it is two standard errors out."""
-    regrets = {
-        (run["strategy"], run["landscape"], run["weights"], run["budget"], run["seed"]): regret(
-            run, references
-        )
-        for run in runs
-        if _run_reference(run, references) is not None
-    }
     groups: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for (strategy, *where), value in regrets.items():
-        theirs = regrets.get((against, *where))
-        if strategy != against and theirs is not None:
-            groups[(strategy, where[2])].append(value - theirs)
-    rows = []
-    for (strategy, budget), diffs in sorted(groups.items()):
-        n = len(diffs)
-        rows.append(
+    for mine, theirs in _pairs(runs, references):
+        if theirs["strategy"] == against:
+            groups[(mine["strategy"], mine["budget"])].append(mine["regret"] - theirs["regret"])
+    return [
+        {"strategy": strategy, "against": against, "budget": budget, **_mean_and_error(diffs)}
+        for (strategy, budget), diffs in sorted(groups.items())
+    ]
+
+
+def multi_fidelity_rows(runs: list[dict[str, Any]], references: dict[str, Any]) -> list[dict]:
+    """Each multi-fidelity strategy ``<s>+mf`` at each budget against ``<s>`` without the pruner
+    at each budget, on the same landscapes and seeds: the items it spent as a share of the
+    other's (median over pairs) and the mean regret difference. The same budget asks what the
+    pruner costs in regret; twice the budget, what the items it saved buy."""
+    groups: dict[tuple[str, int, str, int], list[tuple[float, float]]] = defaultdict(list)
+    for mine, theirs in _pairs(runs, references, same_budget=False):
+        if mine["strategy"] == theirs["strategy"] + MF_SUFFIX and theirs["items"]:
+            key = (mine["strategy"], mine["budget"], theirs["strategy"], theirs["budget"])
+            share = mine["items"] / theirs["items"]
+            groups[key].append((share, mine["regret"] - theirs["regret"]))
+    return [
+        {
+            "strategy": strategy,
+            "budget": budget,
+            "against": against,
+            "against_budget": against_budget,
+            "items_share": statistics.median(share for share, _ in pairs),
+            **_mean_and_error([diff for _, diff in pairs]),
+        }
+        for (strategy, budget, against, against_budget), pairs in sorted(groups.items())
+    ]
+
+
+def render_multi_fidelity(rows: list[dict[str, Any]]) -> str:
+    header = ["strategy", "budget (trials)", "against", "its budget", "pairs"]
+    header += ["items, share of its", "mean regret difference"]
+    return markdown_table(
+        header,
+        [
+            [
+                r["strategy"],
+                str(r["budget"]),
+                r["against"],
+                str(r["against_budget"]),
+                str(r["pairs"]),
+                f"{r['items_share']:.0%}",
+                _signed_with_error(r),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _pairs(
+    runs: list[dict[str, Any]], references: dict[str, Any], *, same_budget: bool = True
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every ordered pair of runs of two strategies on the same landscape, weights and seed
+    (and budget, unless ``same_budget`` is false), each as its strategy, budget, regret and
+    items."""
+    by_place: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if _run_reference(run, references) is None:
+            continue
+        place = (run["landscape"], run["weights"], run["seed"])
+        place += (run["budget"],) if same_budget else ()
+        by_place[place].append(
             {
-                "strategy": strategy,
-                "against": against,
-                "budget": budget,
-                "pairs": n,
-                "mean": statistics.fmean(diffs),
-                "stderr": statistics.stdev(diffs) / math.sqrt(n) if n > 1 else None,
+                "strategy": run["strategy"],
+                "budget": run["budget"],
+                "regret": regret(run, references),
+                "items": _items(run),
             }
         )
-    return rows
+    return [
+        (mine, theirs)
+        for group in by_place.values()
+        for mine in group
+        for theirs in group
+        if mine["strategy"] != theirs["strategy"]
+    ]
+
+
+def _mean_and_error(diffs: list[float]) -> dict[str, Any]:
+    n = len(diffs)
+    stderr = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else None
+    return {"pairs": n, "mean": statistics.fmean(diffs), "stderr": stderr}
+
+
+def _signed_with_error(row: dict[str, Any]) -> str:
+    return f"{row['mean']:+.3f}" + (f" ± {row['stderr']:.3f}" if row["stderr"] is not None else "")
 
 
 def render_differences(rows: list[dict[str, Any]]) -> str:
@@ -223,7 +289,7 @@ def render_differences(rows: list[dict[str, Any]]) -> str:
                 r["against"],
                 str(r["budget"]),
                 str(r["pairs"]),
-                f"{r['mean']:+.3f}" + (f" ± {r['stderr']:.3f}" if r["stderr"] is not None else ""),
+                _signed_with_error(r),
             ]
             for r in rows
         ],
@@ -426,6 +492,16 @@ def write_results(reference_json: Path, runs_json: Path) -> None:
                     "less regret than random), mean ± 1 s.e.:",
                     "",
                     render_differences(differences),
+                    "",
+                ]
+            fidelity = multi_fidelity_rows(cpu_runs, refs)
+            if fidelity:
+                parts += [
+                    "Multi-fidelity (the staged pruner) against the same strategy without it, on "
+                    "the same landscapes and seeds: items spent as a share of the other's "
+                    "(median) and regret difference (mean ± 1 s.e.):",
+                    "",
+                    render_multi_fidelity(fidelity),
                     "",
                 ]
             plot = plot_path(cpu)

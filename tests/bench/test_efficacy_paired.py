@@ -94,6 +94,26 @@ def test_strategies_are_compared_with_random_seed_by_seed():
     assert "-0.040 ± 0.012" in R.render_differences([row])
 
 
+def test_multi_fidelity_is_compared_with_its_strategy_at_each_budget_by_items_and_regret():
+    references = {R.weights_key("x", "w"): _reference(0.80)}
+    runs = [{**_run("auto", s, 0.75, None), "items": 1000} for s in range(3)]
+    runs += [
+        {**_run("auto+mf", s, h, None), "items": i}
+        for s, h, i in ((0, 0.74, 400), (1, 0.75, 500), (2, 0.76, 450))
+    ]
+    runs += [{**_run("auto+mf", s, 0.78, None), "budget": 120, "items": 900} for s in range(2)]
+    runs.append({**_run("random", 0, 0.10, None), "items": 1000})  # not its strategy: no pair
+    rows = {(r["budget"], r["against_budget"]): r for r in R.multi_fidelity_rows(runs, references)}
+    assert set(rows) == {(60, 60), (120, 60)}
+    same = rows[(60, 60)]
+    assert (same["strategy"], same["against"], same["pairs"]) == ("auto+mf", "auto", 3)
+    assert same["items_share"] == pytest.approx(0.45)  # median of 0.40, 0.50, 0.45
+    assert same["mean"] == pytest.approx(0.0, abs=1e-12)  # differences +0.01, 0, -0.01
+    assert same["stderr"] == pytest.approx(0.01 / math.sqrt(3))
+    assert rows[(120, 60)]["pairs"] == 2 and rows[(120, 60)]["mean"] == pytest.approx(-0.03)
+    assert "| 45% |" in R.render_multi_fidelity([same])
+
+
 def test_a_recorded_merge_is_rebuilt_with_its_own_seed_and_scored_per_item():
     import yaml
 
