@@ -197,13 +197,15 @@ def paired_differences(
 
 
 def multi_fidelity_rows(runs: list[dict[str, Any]], references: dict[str, Any]) -> list[dict]:
-    """Each multi-fidelity strategy ``<s>+mf`` at each budget against ``<s>`` without the pruner
-    at each budget, on the same landscapes and seeds: the items it spent as a share of the
-    other's (median over pairs) and the mean regret difference. The same budget asks what the
-    pruner costs in regret; twice the budget, what the items it saved buy."""
+    """Each multi-fidelity strategy ``<s>+mf`` against ``<s>`` without the pruner at the same
+    budget and at half its budget, on the same landscapes and seeds: the items it spent as a
+    share of the other's (median over pairs) and the mean regret difference. The same budget
+    asks what the pruner costs in regret; half the budget (the pruner spends about half the
+    items), what the items it saved buy."""
     groups: dict[tuple[str, int, str, int], list[tuple[float, float]]] = defaultdict(list)
     for mine, theirs in _pairs(runs, references, same_budget=False):
-        if mine["strategy"] == theirs["strategy"] + MF_SUFFIX and theirs["items"]:
+        compared = mine["budget"] in (theirs["budget"], 2 * theirs["budget"])
+        if compared and mine["strategy"] == theirs["strategy"] + MF_SUFFIX and theirs["items"]:
             key = (mine["strategy"], mine["budget"], theirs["strategy"], theirs["budget"])
             share = mine["items"] / theirs["items"]
             groups[key].append((share, mine["regret"] - theirs["regret"]))
@@ -497,9 +499,10 @@ def write_results(reference_json: Path, runs_json: Path) -> None:
             fidelity = multi_fidelity_rows(cpu_runs, refs)
             if fidelity:
                 parts += [
-                    "Multi-fidelity (the staged pruner) against the same strategy without it, on "
-                    "the same landscapes and seeds: items spent as a share of the other's "
-                    "(median) and regret difference (mean ± 1 s.e.):",
+                    "Multi-fidelity (the staged pruner) against the same strategy without it at "
+                    "the same budget and at half the budget, on the same landscapes and seeds: "
+                    "items spent as a share of the other's (median) and regret difference "
+                    "(mean ± 1 s.e.):",
                     "",
                     render_multi_fidelity(fidelity),
                     "",

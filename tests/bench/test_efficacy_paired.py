@@ -103,6 +103,7 @@ def test_multi_fidelity_is_compared_with_its_strategy_at_each_budget_by_items_an
     ]
     runs += [{**_run("auto+mf", s, 0.78, None), "budget": 120, "items": 900} for s in range(2)]
     runs.append({**_run("random", 0, 0.10, None), "items": 1000})  # not its strategy: no pair
+    runs.append({**_run("auto", 0, 0.10, None), "budget": 240, "items": 4000})  # not compared
     rows = {(r["budget"], r["against_budget"]): r for r in R.multi_fidelity_rows(runs, references)}
     assert set(rows) == {(60, 60), (120, 60)}
     same = rows[(60, 60)]
