@@ -94,7 +94,7 @@ def test_strategies_are_compared_with_random_seed_by_seed():
     assert "-0.040 ± 0.012" in R.render_differences([row])
 
 
-def test_multi_fidelity_is_compared_with_its_strategy_at_each_budget_by_items_and_regret():
+def test_multi_fidelity_is_compared_with_its_strategy_at_the_same_and_at_half_the_budget():
     references = {R.weights_key("x", "w"): _reference(0.80)}
     runs = [{**_run("auto", s, 0.75, None), "items": 1000} for s in range(3)]
     runs += [
