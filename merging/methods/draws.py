@@ -59,12 +59,21 @@ class Draws:
 
     def below(self, probability: float, n: int) -> np.ndarray:
         """Whether each of the next ``n`` uniforms is below ``probability`` (bool), without
-        forming them: ``w >> 8 < ceil(p * 2**24)`` is ``w < ceil(p * 2**24) * 2**8``."""
-        threshold = math.ceil(min(max(probability, 0.0), 1.0) * 2**_FRACTION_BITS)
+        forming them (``limits``)."""
+        limit = limits(np.array([probability], np.float64))[0]
         words = self.words(n)
-        if threshold >= 2**_FRACTION_BITS:  # every uniform is below 1 (the stream still moves)
+        if limit > np.iinfo(np.uint32).max:  # every uniform is below 1 (the stream still moves)
             return np.ones(n, dtype=bool)
-        return words < np.uint32(threshold << _DROPPED_BITS)
+        return words < np.uint32(limit)
+
+
+def limits(probabilities: np.ndarray) -> np.ndarray:
+    """The word limit of each probability (uint64): a draw's uniform is below ``p`` exactly
+    when its word is below ``ceil(p * 2**24) * 2**8``, because ``w >> 8 < p * 2**24`` holds
+    for the integer ``w >> 8`` exactly when it is below the ceiling. A decision is one integer
+    compare, with no uniform formed (three passes over memory in NumPy)."""
+    clipped = np.clip(np.asarray(probabilities, np.float64), 0.0, 1.0)
+    return np.ceil(clipped * 2**_FRACTION_BITS).astype(np.uint64) << np.uint64(_DROPPED_BITS)
 
 
 if compiled.numba is not None:

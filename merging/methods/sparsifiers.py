@@ -25,7 +25,7 @@ import torch
 from mergesearch.merging import derived
 from mergesearch.merging.methods import compiled, fused
 from mergesearch.merging.methods import primitives as P
-from mergesearch.merging.methods.draws import Draws
+from mergesearch.merging.methods.draws import Draws, limits
 from mergesearch.merging.methods.fused import BlockKeep
 from mergesearch.merging.methods.selection import (
     BLOCK,
@@ -224,14 +224,16 @@ def della(delta: Delta, p: Mapping[str, Any], g: Draws | None) -> KeepRule:
     sums = np.zeros(2)  # sum |d|, sum of the kept |d| (float64)
     fast = compiled.applies_to(delta.b, delta.x)
     probs = P.della_probabilities(width, density, epsilon)
+    word_limits = limits(probs.numpy()) if fast else None
     for sl in blocks(n, rows * width):
-        draws = g.uniform(sl.stop - sl.start)
         if fast:
-            keep = torch.from_numpy(fused.della_block(delta.b[sl], delta.x[sl], draws, probs, sums))
-            pack(keep.view(torch.bool), bits, sl.start)
+            words = g.words(sl.stop - sl.start)
+            keep = fused.della_block(delta.b[sl], delta.x[sl], words, word_limits, sums)
+            pack(torch.from_numpy(keep).view(torch.bool), bits, sl.start)
             continue
+        uniforms = g.uniform(sl.stop - sl.start)
         magnitudes = delta.magnitudes(sl).view(-1, width)
-        keep = P.della_keep(magnitudes, draws.view(magnitudes.shape), density, epsilon).view(-1)
+        keep = P.della_keep(magnitudes, uniforms.view(magnitudes.shape), density, epsilon).view(-1)
         pack(keep, bits, sl.start)
         scores = magnitudes.view(-1).to(P.accumulation_dtype(magnitudes.dtype))
         sums[0] += float(scores.sum(dtype=torch.float64))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergesearch.merging.methods.draws import Draws
+from mergesearch.merging.methods.draws import Draws, limits
 
 
 def test_words_follow_the_protocol_whatever_the_chunking():
@@ -47,3 +47,20 @@ def test_below_keeps_the_asked_fraction_and_depends_on_the_seed():
     kept = Draws(3).below(0.3, 1_000_000)
     assert kept.mean() == pytest.approx(0.3, abs=0.002)
     assert not np.array_equal(kept, Draws(4).below(0.3, 1_000_000))
+
+
+def test_word_limits_decide_as_float32_uniforms_under_float32_probabilities():
+    """DELLA compares each draw's word with the limit of its rank's probability; that must be
+    the torch pass's ``uniform < p`` in float32, for probabilities on the 2**-24 grid, between
+    its points, and at the ends."""
+    grid = np.array([0, 1, 2, 12345, 2**23, 2**24 - 1], np.float64) / 2**24
+    between = grid[1:-1] + 2**-26
+    odd = np.array([1e-30, 0.1, 0.3, 0.7, np.nextafter(np.float32(1), np.float32(0)), 1.0])
+    probs = np.concatenate([grid, between, odd]).astype(np.float32)
+    n = 300_001
+    words = Draws(11).words(n)
+    u = Draws(11).uniform(n)
+    word_limits = limits(probs)
+    for p, limit in zip(probs, word_limits, strict=True):
+        expected = (u < torch.tensor(p, dtype=torch.float32)).numpy()
+        assert np.array_equal(words.astype(np.uint64) < limit, expected), p
