@@ -8,10 +8,10 @@ Rows are the last dimension (a 1-D tensor is one row):
     threshold = med + 1.5 (q3 - q1)
     result = b + (x - b) * (importance >= threshold)
 
-The quartiles are exact order statistics for every tensor size, found without holding the
-importance whole (``selection.kth_largest``). Deliberate difference: mergekit estimates them
-from a random sample of 1e6 elements on larger tensors, so its output there changes from run
-to run; here the same inputs always give the same merge.
+The quartiles are exact order statistics for every tensor size, found together in one pass
+without holding the importance whole (``selection.kth_largest_of_each``). Deliberate
+difference: mergekit estimates them from a random sample of 1e6 elements on larger tensors, so
+its output there changes from run to run; here the same inputs always give the same merge.
 """
 
 from __future__ import annotations
@@ -83,13 +83,13 @@ class Importance:
 
 
 def fusion_threshold(importance: Importance) -> torch.Tensor:
-    """``median + 1.5 * (q3 - q1)`` of the importance, exact, in its float dtype."""
+    """``median + 1.5 * (q3 - q1)`` of the importance, exact, in its float dtype; the three
+    quartiles from one pass over the importance."""
     n = importance.n
+    ranks = [n - (quarter * (n - 1)) // 4 for quarter in QUARTILES]
     q1, median, q3 = (
-        torch.tensor(
-            S.kth_largest(importance, n, n - (quarter * (n - 1)) // 4)[0], dtype=importance.acc
-        )
-        for quarter in QUARTILES
+        torch.tensor(value, dtype=importance.acc)
+        for value, _, _ in S.kth_largest_of_each(importance, n, ranks)
     )
     return median + OUTLIER_SPAN * (q3 - q1)
 

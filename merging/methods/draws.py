@@ -13,8 +13,6 @@ tensor in chunks of any sizes gives the same numbers as drawing it at once.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 

@@ -13,7 +13,7 @@ go lowest index first, a deterministic total order).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -172,7 +172,7 @@ def select_top_share_of_nonzero(source: ScoreSource, n: int, share: float) -> To
     spread = math.sqrt(max(q * (1.0 - q), 1.0 / m) / m)
     spread += share * math.sqrt(max(nonzero_share * (1.0 - nonzero_share), 1.0 / m) / m)
     lo, hi = _sample_bracket(sample, q, 6.0 * spread + 2.0 / m)
-    above_hi, band, nonzero = _band_pass(source, n, lo, hi, count_nonzero=True)
+    [(above_hi, band)], nonzero = _band_pass(source, n, [(lo, hi)], count_nonzero=True)
     k = int(nonzero * share)
     if k <= 0 or k >= n:
         return select_top_k(source, n, k)
@@ -261,42 +261,61 @@ def histogram_kth(
 
 def kth_largest(source: ScoreSource, n: int, k: int) -> tuple[float, int, int]:
     """The ``k``-th largest score (``1 <= k <= n``), exact, with the counts of scores above and
-    equal to it.
+    equal to it (``kth_largest_of_each`` for one ``k``)."""
+    return kth_largest_of_each(source, n, [k])[0]
 
-    Small inputs: one ``kthvalue``. Large ones: quantiles of a strided sample bracket the answer
-    (six standard errors either side); one pass counts the scores above the bracket and gathers
-    those inside; ``kthvalue`` on that band gives the answer, and every score equal to it lies in
-    the band. When the bracket misses (a sample that misleads), fall back to the full scores.
+
+def kth_largest_of_each(
+    source: ScoreSource, n: int, ks: Sequence[int]
+) -> list[tuple[float, int, int]]:
+    """For each ``k`` in ``ks`` (``1 <= k <= n``): the ``k``-th largest score, exact, with the
+    counts of scores above and equal to it; one pass over the scores for all of them.
+
+    Small inputs: ``kthvalue`` on the whole. Large ones: quantiles of a strided sample bracket
+    each answer (six standard errors either side); one pass counts the scores above each
+    bracket and gathers those inside it; ``kthvalue`` on each small band gives that answer,
+    and every score equal to it lies in the band. Several ranks at once (arcee_fusion's three
+    quartiles) share the sample and the pass, which recomputes every score: each more rank
+    costs only its compares. When a bracket misses (a sample that misleads), that rank falls
+    back to the full scores.
     """
+    found: list[tuple[float, int, int] | None] = [None] * len(ks)
     if n >= SAMPLE_MIN_NUMEL:
         sample = source(slice(None, None, n // SAMPLE_SIZE))
         m = sample.numel()
-        q = 1.0 - k / n  # quantile of the answer among all scores
-        lo, hi = _sample_bracket(
-            sample, q, 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
-        )
-        above_hi, band, _ = _band_pass(source, n, lo, hi)
-        kth = _from_band(band, above_hi, k)
-        if kth is not None:
-            return kth
-    return _counted(source(slice(None)), n - k + 1, 0)
+        brackets = []
+        for k in ks:
+            q = 1.0 - k / n  # quantile of the answer among all scores
+            margin = 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
+            brackets.append(_sample_bracket(sample, q, margin))
+        passed, _ = _band_pass(source, n, brackets)
+        found = [_from_band(band, above, k) for (above, band), k in zip(passed, ks, strict=True)]
+    if any(kth is None for kth in found):
+        scores = source(slice(None))
+        found = [kth or _counted(scores, n - k + 1, 0) for kth, k in zip(found, ks, strict=True)]
+    return found  # type: ignore[return-value]  # every None was filled
 
 
 def _band_pass(
-    source: ScoreSource, n: int, lo: float, hi: float, *, count_nonzero: bool = False
-) -> tuple[int, torch.Tensor, int]:
-    """One pass over the scores: how many lie above ``hi``, those in ``[lo, hi]``, and (when
-    asked) how many are nonzero.
+    source: ScoreSource,
+    n: int,
+    brackets: Sequence[tuple[float, float]],
+    *,
+    count_nonzero: bool = False,
+) -> tuple[list[tuple[int, torch.Tensor]], int]:
+    """One pass over the scores: for each bracket ``(lo, hi)``, how many lie above ``hi`` and
+    those in ``[lo, hi]``; and (when asked) how many are nonzero.
 
     The compares, the count and the gather run in NumPy (16-bit scores upcast first), about
     1.2 ns an element against torch's 3.3 (its boolean indexing finds indices first); this pass
-    is the cost of every exact top-k and quantile over such scores. The band's pieces stay
+    is the cost of every exact top-k and quantile over such scores. The bands' pieces stay
     NumPy arrays until one concatenation: torch tensors made from them one by one (or NumPy
     temporaries freed between torch allocations) left the heap fragmented, 200-300 MB more
     peak RSS on one 131M-element tensor.
     """
-    above_hi = nonzero = 0
-    parts: list[np.ndarray] = []
+    above = [0] * len(brackets)
+    parts: list[list[np.ndarray]] = [[] for _ in brackets]
+    nonzero = 0
     for sl in blocks(n):
         scores = source(sl)
         if count_nonzero:
@@ -304,11 +323,13 @@ def _band_pass(
         if scores.dtype not in (torch.float32, torch.float64):
             scores = scores.to(torch.float32)  # exact for 16-bit floats; NumPy has no bfloat16
         values = scores.numpy()
-        inside = values >= lo
-        inside &= values <= hi
-        above_hi += int(np.count_nonzero(values > hi))
-        parts.append(values[inside])
-    return above_hi, torch.from_numpy(np.concatenate(parts)), nonzero
+        for i, (lo, hi) in enumerate(brackets):
+            inside = values >= lo
+            inside &= values <= hi
+            above[i] += int(np.count_nonzero(values > hi))
+            parts[i].append(values[inside])
+    bands = [torch.from_numpy(np.concatenate(pieces)) for pieces in parts]
+    return list(zip(above, bands, strict=True)), nonzero
 
 
 def _from_band(band: torch.Tensor, above_hi: int, k: int) -> tuple[float, int, int] | None:

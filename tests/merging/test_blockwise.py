@@ -235,3 +235,24 @@ def test_della_mask_carries_the_l1_sums_its_pass_took():
     (passed,) = _l1_rescale_factors([delta], [SP.Stored(rule.bits)])  # no sums: a pass
     assert passed != 1.0
     assert _l1_rescale_factors([delta], [rule]) == [pytest.approx(passed, rel=1e-6)]
+
+
+def test_several_ranks_from_one_pass_are_each_rank_alone():
+    """arcee_fusion's three quartiles share one sample and one band pass: each answer, with
+    its counts, is the one-rank answer and the sort's."""
+    scores = torch.randint(0, 5000, (S.SAMPLE_MIN_NUMEL + 77,), generator=gen(12)).float()
+    n = scores.numel()
+    ks = [n - (q * (n - 1)) // 4 for q in (1, 2, 3)] + [1, n]
+    calls = []
+
+    def source(sl: slice) -> torch.Tensor:
+        calls.append(sl)
+        return scores[sl]
+
+    together = S.kth_largest_of_each(source, n, ks)
+    full_passes = sum(1 for sl in calls if sl.step is None)
+    assert full_passes == len(list(S.blocks(n)))  # one band pass, no whole-tensor fallback
+    descending = torch.sort(scores, descending=True).values
+    for k, kth in zip(ks, together, strict=True):
+        assert kth == S.kth_largest(scores.__getitem__, n, k)
+        assert kth[0] == float(descending[k - 1])
