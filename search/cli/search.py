@@ -22,6 +22,7 @@ from mergesearch.search.optimize.registry import SAMPLER_NAMES
 FLAGS = {
     "study_name": "--study-name",
     "n_trials": "--n-trials",
+    "n_items": "--n-items",
     "timeout": "--timeout",
     "sampler": "--sampler",
     "seed": "--seed",
@@ -46,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--study-name", help="study name (default: the spec's name)")
     parser.add_argument("--n-trials", type=int, help="total trials of the study (budget)")
+    parser.add_argument(
+        "--n-items",
+        type=int,
+        help="total evaluated items of the study (budget): no trial starts once they are spent",
+    )
     parser.add_argument("--timeout", help="stop starting trials after this long (600, 30m, 2h)")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="override the spec's sampler")
     parser.add_argument("--seed", type=int, help="override the spec's seed")
@@ -100,6 +106,7 @@ def overrides(args: argparse.Namespace) -> dict:
         "storage": args.storage or os.environ.get(STORAGE_ENV) or None,
         "study_name": args.study_name,
         "n_trials": args.n_trials,
+        "n_items": args.n_items,
         "timeout": args.timeout,
         "sampler": args.sampler,
         "seed": args.seed,

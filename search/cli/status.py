@@ -172,15 +172,11 @@ def _one_trial(study: Any, row: dict, objectives: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergesearch.search.distributed.budget import items_spent
     from mergesearch.search.distributed.locate import open_study
     from mergesearch.search.distributed.urls import hide_password
     from mergesearch.search.errors import SpecError
-    from mergesearch.search.optimize.summary import (
-        items_spent,
-        objective_names,
-        summarize,
-        trials_table,
-    )
+    from mergesearch.search.optimize.summary import objective_names, summarize, trials_table
 
     study, location = open_study(args.target, args.study)  # creates nothing
     objectives = objective_names(study)

@@ -1,4 +1,4 @@
-"""The trial budget of a study, shared by every worker that joins it.
+"""The trial budget of a study (and its item budget), shared by every worker that joins it.
 
 A budget of N means N trials that count, study-wide, however many processes run them. Each
 worker calling ``study.optimize(n_trials=N - done)`` would overshoot (every worker runs its own
@@ -78,6 +78,21 @@ def spent(trials: list[FrozenTrial]) -> int:
     return count
 
 
+def items_spent(trials: list[FrozenTrial]) -> int:
+    """Evaluator requests the search spent (held-out scoring not counted): the cost that
+    matters once models are large, budgeted (``budget.items``) and reported beside the trial
+    count. A running trial records its items when it ends, so it counts from then on."""
+    return sum(int(t.user_attrs.get(A.ITEMS, 0)) for t in trials)
+
+
+def handed_out(trials: list[FrozenTrial], trial_budget: int, item_budget: int | None) -> bool:
+    """Whether the budget is spent: ``trial_budget`` counted trials, or (when given)
+    ``item_budget`` items."""
+    if spent(trials) >= trial_budget:
+        return True
+    return item_budget is not None and items_spent(trials) >= item_budget
+
+
 def running_elsewhere(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.RUNNING and A.WORKER in t.user_attrs]
 
@@ -140,7 +155,10 @@ def _retire(
 
 
 class GatedStudy(optuna.Study):
-    """The same study, whose ``ask`` hands out at most ``budget`` counted trials in all.
+    """The same study, whose ``ask`` hands out at most ``budget`` counted trials in all, and
+    none once ``items`` evaluated items are spent (when given: an item budget can be passed
+    by at most the trials already running, one per worker, since a trial's items are known
+    only when it ends).
 
     ``heartbeat`` is the storage that records heartbeats (``None`` when it does not): the
     claimed trial's first heartbeat is written inside the lock, so that no trial is ever counted
@@ -151,6 +169,7 @@ class GatedStudy(optuna.Study):
         study: optuna.Study,
         *,
         budget: int,
+        items: int | None = None,
         lock: Lock,
         heartbeat: BaseStorage | None,
         poll_seconds: float,
@@ -163,6 +182,7 @@ class GatedStudy(optuna.Study):
             pruner=study.pruner,
         )
         self.budget = budget
+        self.items = items
         self.lock = lock
         self.heartbeat = heartbeat
         self.poll_seconds = poll_seconds
@@ -179,7 +199,7 @@ class GatedStudy(optuna.Study):
                     reap_unclaimed(self, self.retry)
                     reap_dead_here(self, self.retry)
                 trials = self.get_trials(deepcopy=False)
-                if spent(trials) < self.budget:
+                if not handed_out(trials, self.budget, self.items):
                     trial = super().ask(fixed_distributions)
                     self._claim(trial)
                     return trial

@@ -10,8 +10,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from mergesearch.search import attrs as A
+from mergesearch.search.distributed.budget import items_spent
 from mergesearch.search.optimize.scoring import Scorer
-from mergesearch.search.optimize.summary import best_trials, items_spent
+from mergesearch.search.optimize.summary import best_trials
 
 log = logging.getLogger("search")
 

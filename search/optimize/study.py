@@ -36,6 +36,7 @@ from mergesearch.search.distributed.budget import (
     BudgetSpent,
     GatedStudy,
     fail_stale_trials,
+    handed_out,
     reap_dead_here,
     reap_unclaimed,
     spent,
@@ -94,7 +95,7 @@ def run_search(
     """Run (or resume) the search a spec describes.
 
     ``overrides`` take the command-line flags: ``storage``, ``study_name``, ``n_trials``,
-    ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``, ``heartbeat``, ``grace_period``.
+    ``n_items``, ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``, ``heartbeat``, ``grace_period``.
     A resume whose objectives or sources differ from the study's is refused unless
     ``allow_spec_change``: then the study records a new spec version (``optimize.versions``).
     """
@@ -126,7 +127,10 @@ def run_search(
         if lock.reliable:
             reap_unclaimed(study, retry_once())
             reap_dead_here(study, retry_once())  # a worker of this machine killed: no waiting
-        remaining = spec.budget.trials - spent(study.get_trials(deepcopy=False))
+        so_far = study.get_trials(deepcopy=False)
+        remaining = spec.budget.trials - spent(so_far)
+        if handed_out(so_far, spec.budget.trials, spec.budget.items):
+            remaining = 0  # the item budget is spent: no baseline is queued again
         if spec.baselines and remaining > 0:
             _enqueue_baselines(study, baselines, version)
     log.info(
@@ -139,6 +143,7 @@ def run_search(
     study = GatedStudy(
         study,
         budget=spec.budget.trials,
+        items=spec.budget.items,
         lock=lock,
         heartbeat=storage if getattr(storage, "heartbeat_interval", None) else None,
         poll_seconds=min(spec.heartbeat.interval, 5),

@@ -127,12 +127,6 @@ def _num(value: Any) -> str:
     return f"{value:.4f}"
 
 
-def items_spent(trials: list[FrozenTrial]) -> int:
-    """Evaluator requests the search spent (held-out scoring not counted): the cost that
-    matters once models are large, budgeted and reported beside the trial count."""
-    return sum(int(t.user_attrs.get(A.ITEMS, 0)) for t in trials)
-
-
 def objective_names(study: optuna.Study) -> list[str]:
     return [o["name"] for o in study.user_attrs.get(A.OBJECTIVES, [])]
 

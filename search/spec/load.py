@@ -22,6 +22,7 @@ OVERRIDES = {
     "storage": ("storage",),
     "study_name": ("name",),
     "n_trials": ("budget", "trials"),
+    "n_items": ("budget", "items"),
     "timeout": ("budget", "timeout"),
     "sampler": ("sampler", "name"),
     "seed": ("seed",),

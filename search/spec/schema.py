@@ -270,7 +270,12 @@ def _parse_seconds(value: Any) -> float | None:
 
 
 class Budget(Frozen):
+    """What a study may spend, study-wide: ``trials`` (baselines included), and optionally
+    ``items``, the evaluator requests of finished and pruned trials (the cost that matters at
+    real model sizes). No trial starts once either is spent, or after ``timeout`` seconds."""
+
     trials: int = Field(default=50, ge=1)
+    items: int | None = Field(default=None, ge=1)
     timeout: Annotated[float | None, PlainValidator(_parse_seconds)] = None
 
 

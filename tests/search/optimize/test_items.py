@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from mergesearch.search import attrs as A
 from mergesearch.search import run_search
-from mergesearch.search.optimize.summary import items_spent
+from mergesearch.search.distributed.budget import items_spent
 from tests.helpers.specs import make_spec
 
 LIMIT, FIRST = 40, 10  # items per task: the whole search split, the first look
@@ -60,3 +60,28 @@ def test_unstaged_trials_count_the_whole_split(family, tmp_path):
     done = [t for t in study.trials if A.DUPLICATE_OF not in t.user_attrs]
     assert all(t.user_attrs[A.ITEMS] == LIMIT for t in done)
     assert isinstance(study, optuna.Study)
+
+
+def test_an_item_budget_stops_the_search_and_its_resume(family, tmp_path):
+    """``budget.items``: no trial starts once the study's items reach it, so the last trial is
+    the one that crossed it; the same command again starts nothing, a bigger budget goes on."""
+    budget = 150
+    spec = lm_eval_spec(
+        family,
+        tmp_path,
+        pruner={"name": "halving", "stages": [FIRST, None], "options": {"min_trials": 2}},
+    )
+    spec["budget"] = {"trials": 100, "items": budget}
+    study = run_search(spec, progress=False, heldout=False).study
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert items_spent(trials) >= budget > items_spent(trials[:-1])
+    assert len(trials) < 100
+
+    again = run_search(spec, progress=False, heldout=False)
+    assert again.ran == 0 and len(again.study.trials) == len(trials)
+
+    bigger = run_search(spec, progress=False, heldout=False, n_items=budget + 2 * LIMIT)
+    grown = sorted(bigger.study.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert len(grown) > len(trials)
+    assert items_spent(grown) >= budget + 2 * LIMIT > items_spent(grown[:-1])
