@@ -129,14 +129,14 @@ if numba is not None:
         """DELLA's keep mask of whole rows of ``width = len(limits)`` into ``keep`` (0/1 bytes):
         per row, ``|x - b|`` (bfloat16, as torch rounds it) ranked ascending, equal values by
         position, and entry ``j`` of rank ``r`` kept when its draw ``words[j] < limits[r]``
-        (``Draws.limits``: the same decision as ``uniform < probability``). Adds ``sum |d|``
+        (``draws.limits``: the same decision as ``uniform < probability``). Adds ``sum |d|``
         and ``sum |kept d|`` (float64, in an order the compiler may change: ``reassoc``) to
         ``sums``: the rescale needs no pass of its own.
 
         The rank is a counting sort over the row's range of 15-bit patterns: count each
         pattern, turn the counts into first ranks, then hand them out in position order, so
         equal values rank by position as a stable sort ranks them. Every pass but the counting
-        reads the row in order (a radix sort scatters and gathers whole rows twice: 1.6-1.8x
+        reads the row in order (a radix sort scatters and gathers whole rows twice: 1.4-1.8x
         slower here at Mistral-7B width)."""
         width = limits.shape[0]
         keys = np.empty(width, np.uint16)
@@ -255,7 +255,7 @@ def della_block(
     sums: np.ndarray,
 ) -> np.ndarray:
     """DELLA's keep mask (0/1 bytes) of a block of whole rows, from the block's draws
-    (``Draws.words``) and the per-rank limits (``Draws.limits``), its L1 sums added to
+    (``Draws.words``) and the per-rank limits (``draws.limits``), its L1 sums added to
     ``sums``."""
     keep = np.empty(base.numel(), np.uint8)
     _della_block(bits(base), bits(x), words, limits, keep, sums)

@@ -20,9 +20,12 @@ log = logging.getLogger("search")
 class Progress:
     """An Optuna callback; with ``enabled=False`` it logs the per-trial lines instead."""
 
-    def __init__(self, total: int | None, *, enabled: bool, scorer: Scorer):
+    def __init__(
+        self, total: int | None, *, enabled: bool, scorer: Scorer, item_budget: int | None = None
+    ):
         self.enabled = enabled
         self.scorer = scorer
+        self.item_budget = item_budget  # shown as "spent / budget items" when there is one
         self.count = 0
         self.bar = tqdm(
             total=total,
@@ -37,7 +40,8 @@ class Progress:
         self.count += 1
         line = trial_line(trial, [o.name for o in self.scorer.objectives])
         best = best_trials(study)
-        items = f"{items_spent(study.get_trials(deepcopy=False)):,} items"
+        items = f"{items_spent(study.get_trials(deepcopy=False)):,}"
+        items += f" / {self.item_budget:,} items" if self.item_budget else " items"
         if best and len(best) == 1:
             self.bar.set_postfix_str(f"best {best[0].values[0]:.4f} (#{best[0].number}), {items}")
         elif best:

@@ -154,7 +154,9 @@ def run_search(
     )
     # Always enter the loop: with the budget handed out, trials running on other workers may
     # still die and need a retry here; ``ask`` returns at once when there is nothing to wait for.
-    bar = Progress(max(remaining, 0) or None, enabled=progress, scorer=scorer)
+    bar = Progress(
+        max(remaining, 0) or None, enabled=progress, scorer=scorer, item_budget=spec.budget.items
+    )
     verbosity = optuna.logging.get_verbosity()
     # ERROR: Optuna's warning for a failed or interrupted trial carries a traceback; the
     # objective logs each failure in one line, and Ctrl+C is reported by the CLI.

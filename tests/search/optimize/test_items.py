@@ -62,9 +62,10 @@ def test_unstaged_trials_count_the_whole_split(family, tmp_path):
     assert isinstance(study, optuna.Study)
 
 
-def test_an_item_budget_stops_the_search_and_its_resume(family, tmp_path):
+def test_an_item_budget_stops_the_search_and_its_resume(family, tmp_path, capsys):
     """``budget.items``: no trial starts once the study's items reach it, so the last trial is
-    the one that crossed it; the same command again starts nothing, a bigger budget goes on."""
+    the one that crossed it; the progress bar shows the items against it; the same command
+    again starts nothing, a bigger budget goes on."""
     budget = 150
     spec = lm_eval_spec(
         family,
@@ -72,7 +73,8 @@ def test_an_item_budget_stops_the_search_and_its_resume(family, tmp_path):
         pruner={"name": "halving", "stages": [FIRST, None], "options": {"min_trials": 2}},
     )
     spec["budget"] = {"trials": 100, "items": budget}
-    study = run_search(spec, progress=False, heldout=False).study
+    study = run_search(spec, progress=True, heldout=False).study
+    assert f"/ {budget} items" in capsys.readouterr().err
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert items_spent(trials) >= budget > items_spent(trials[:-1])
