@@ -25,6 +25,7 @@ EXAMPLES: dict[str, str] = {
     "search": """examples:
   mergesearch search configs/searches/demo.yaml              # SQLite in results/demo/study.db
   mergesearch search my.yaml --n-trials 200                  # again, with a bigger budget: resume
+  mergesearch search my.yaml --n-trials 400 --n-items 50000  # stop once 50,000 items are evaluated
   mergesearch search my.yaml --workers 2                     # two local worker processes
   MERGESEARCH_STORAGE=postgresql+psycopg2://u:p@db/merges mergesearch search my.yaml --study-name run1
   mergesearch search my.yaml --allow-spec-change             # resume after changing an objective
