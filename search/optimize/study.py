@@ -95,7 +95,8 @@ def run_search(
     """Run (or resume) the search a spec describes.
 
     ``overrides`` take the command-line flags: ``storage``, ``study_name``, ``n_trials``,
-    ``n_items``, ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``, ``heartbeat``, ``grace_period``.
+    ``n_items``, ``timeout``, ``sampler``, ``seed``, ``threads``, ``pruner``, ``heartbeat``,
+    ``grace_period``.
     A resume whose objectives or sources differ from the study's is refused unless
     ``allow_spec_change``: then the study records a new spec version (``optimize.versions``).
     """
