@@ -4,7 +4,7 @@
     python bench/search_efficacy.py grid NAME
     python bench/search_efficacy.py demo-table [--only NAME ...]
     python bench/search_efficacy.py reference [--only NAME ...] [--force]
-    python bench/search_efficacy.py run [--strategies auto tpe cmaes gp random auto+mf]
+    python bench/search_efficacy.py run [--strategies auto tpe cmaes gp random auto+mf ...]
         [--budgets 30 60 120] [--seeds 0 1 2] [--only NAME ...]
     python bench/search_efficacy.py rescore [--only NAME ...]
 
@@ -77,6 +77,10 @@ PORTFOLIO_REVISION = 2
 # on 25 items per task, the best third of those goes on to 100, the best third again to the
 # whole split): the same trials for far fewer evaluated items.
 MF_SUFFIX = report.MF_SUFFIX
+# `<sampler>+mf+cap`: multi-fidelity, and an item budget of half its trial budget's unpruned
+# items, so that `auto+mf+cap` at 120 trials spends what `auto` spends at 60 (not a share that
+# happens to be near it)
+CAP_SUFFIX = report.CAP_SUFFIX
 MF_PRUNER: dict[str, Any] = {"name": "halving", "stages": [25, 100, None]}
 # `demo`: the shipped configs/searches/demo.yaml as it is (its methods, sampler and budget),
 # pointed at a demo landscape's family; only on landscapes with the demo's targets.
@@ -251,11 +255,14 @@ def run_command(
     samplers = (*SAMPLERS, AUTO)  # auto: the default strategy, resolved per spec
 
     for strategy in strategies:
-        base = strategy.removesuffix(MF_SUFFIX)
-        if strategy != DEMO_STRATEGY and base not in samplers and base not in VARIANTS:
+        base = report.unpruned(strategy)
+        capped_alone = strategy.endswith(CAP_SUFFIX) and base + MF_SUFFIX + CAP_SUFFIX != strategy
+        if capped_alone or (
+            strategy != DEMO_STRATEGY and base not in samplers and base not in VARIANTS
+        ):
             raise ValueError(
                 f"strategy {strategy!r}: choose from {', '.join([*samplers, *VARIANTS])} "
-                f"(each also as <name>{MF_SUFFIX})"
+                f"(each also as <name>{MF_SUFFIX} and <name>{MF_SUFFIX}{CAP_SUFFIX})"
             )
     if any(b < 1 for b in budgets):
         raise ValueError(f"budgets must be >= 1 trial, got {budgets}")
@@ -315,20 +322,7 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
     db = L.OUT / "runs" / f"{landscape.name}.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     name = study_name(strategy, budget, seed, recipe)
-    base = strategy.removesuffix(MF_SUFFIX)
-    if strategy == DEMO_STRATEGY:
-        spec = _demo_spec(landscape, seed=seed, storage=f"sqlite:///{db}", name=name)
-    else:
-        spec = L.spec_for(
-            landscape,
-            methods=landscape.methods,
-            sampler=VARIANTS.get(base, base),
-            budget=budget,
-            seed=seed,
-            storage=f"sqlite:///{db}",
-            pruner=MF_PRUNER if strategy.endswith(MF_SUFFIX) else None,
-            name=name,
-        )
+    spec = run_spec(landscape, strategy, budget, seed, storage=f"sqlite:///{db}", name=name)
     got = outcome(run_search(spec, progress=False))
     record = {
         "landscape": landscape.name,
@@ -345,6 +339,28 @@ def run_one(landscape: L.Landscape, strategy: str, budget: int, seed: int) -> di
     runs[key] = record
     _write_json(RUNS_JSON, runs)
     return record
+
+
+def run_spec(
+    landscape: L.Landscape, strategy: str, budget: int, seed: int, *, storage: str, name: str
+) -> dict[str, Any]:
+    """The search spec of one run: the strategy's sampler, pruner and item budget."""
+    if strategy == DEMO_STRATEGY:
+        return _demo_spec(landscape, seed=seed, storage=storage, name=name)
+    base = report.unpruned(strategy)
+    spec = L.spec_for(
+        landscape,
+        methods=landscape.methods,
+        sampler=VARIANTS.get(base, base),
+        budget=budget,
+        seed=seed,
+        storage=storage,
+        pruner=MF_PRUNER if base != strategy else None,
+        name=name,
+    )
+    if strategy.endswith(CAP_SUFFIX):
+        spec["budget"]["items"] = budget // 2 * L.items_per_trial(landscape)
+    return spec
 
 
 # --------------------------------------------------------------------------- rescore
@@ -432,11 +448,12 @@ def strategy_recipe(strategy: str) -> str | None:
 
     ``auto`` depends on the portfolio's default inner sampler; ``demo`` on the shipped demo spec
     minus what a landscape replaces, and on ``auto`` (the spec's sampler); every portfolio
-    strategy on ``PORTFOLIO_REVISION``; a multi-fidelity one on its pruner's settings."""
+    strategy on ``PORTFOLIO_REVISION``; a multi-fidelity one on its pruner's settings, a capped
+    one on its item budget too."""
     from mergesearch.search.optimize.portfolio import DEFAULT_INNER
 
     recipe: dict[str, Any] = {}
-    base = strategy.removesuffix(MF_SUFFIX)
+    base = report.unpruned(strategy)
     if strategy == DEMO_STRATEGY:
         spec = _shipped_demo_spec()
         recipe = {k: v for k, v in spec.items() if k not in ("name", "sources")}
@@ -444,8 +461,10 @@ def strategy_recipe(strategy: str) -> str | None:
         recipe["auto_inner"] = DEFAULT_INNER
     if base == "auto" or base in VARIANTS or strategy == DEMO_STRATEGY:
         recipe["portfolio"] = PORTFOLIO_REVISION
-    if strategy.endswith(MF_SUFFIX):
+    if base != strategy:
         recipe["pruner"] = MF_PRUNER
+    if strategy.endswith(CAP_SUFFIX):
+        recipe["items"] = "half the trial budget's, unpruned"
     if not recipe:
         return None
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]

@@ -187,6 +187,11 @@ def is_built(landscape: Landscape) -> bool:
     return load_demo_family(landscape.root, landscape.recipe, landscape.seed) is not None
 
 
+def items_per_trial(landscape: Landscape) -> int:
+    """Items one unpruned trial evaluates: the search split of every target."""
+    return demo_tasks.SPLIT_SIZE * len(landscape.targets)
+
+
 def spec_for(
     landscape: Landscape,
     *,

@@ -24,6 +24,16 @@ PLOTS = L.ROOT / "bench"  # search_efficacy-<cpu>.png, one plot per CPU with run
 NOTES_MARK = "<!-- notes below are hand-written; bench/search_efficacy.py keeps them -->"
 WORST_TARGET = 0.03  # the issue's worst regret at 60 trials
 MF_SUFFIX = "+mf"  # `<strategy>+mf`: that strategy searched with the staged pruner
+# `<strategy>+mf+cap` at a budget of B trials: also stopped once it has spent the items of B / 2
+# unpruned trials (the spec's `budget: {items: ...}`), the item cost of `<strategy>` at B / 2
+CAP_SUFFIX = "+cap"
+
+
+def unpruned(strategy: str) -> str:
+    """The strategy without its pruner and item cap: what ``<s>+mf`` and ``<s>+mf+cap`` are
+    compared with."""
+    return strategy.removesuffix(CAP_SUFFIX).removesuffix(MF_SUFFIX)
+
 
 INTRO = """\
 # Search efficacy: landscapes, reference scores, regret
@@ -197,15 +207,16 @@ def paired_differences(
 
 
 def multi_fidelity_rows(runs: list[dict[str, Any]], references: dict[str, Any]) -> list[dict]:
-    """Each multi-fidelity strategy ``<s>+mf`` against ``<s>`` without the pruner at the same
-    budget and at half its budget, on the same landscapes and seeds: the items it spent as a
-    share of the other's (median over pairs) and the mean regret difference. The same budget
-    asks what the pruner costs in regret; half the budget (the pruner spends about half the
-    items), what the items it saved buy."""
+    """Each multi-fidelity strategy ``<s>+mf`` (and ``<s>+mf+cap``) against ``<s>`` without the
+    pruner at the same budget and at half its budget, on the same landscapes and seeds: the
+    items it spent as a share of the other's (median over pairs) and the mean regret difference.
+    The same budget asks what the pruner costs in regret; half the budget (the pruner spends
+    about half the items; the cap makes that exact), what the items it saved buy."""
     groups: dict[tuple[str, int, str, int], list[tuple[float, float]]] = defaultdict(list)
     for mine, theirs in _pairs(runs, references, same_budget=False):
         compared = mine["budget"] in (theirs["budget"], 2 * theirs["budget"])
-        if compared and mine["strategy"] == theirs["strategy"] + MF_SUFFIX and theirs["items"]:
+        pruned = mine["strategy"] != theirs["strategy"] == unpruned(mine["strategy"])
+        if compared and pruned and theirs["items"]:
             key = (mine["strategy"], mine["budget"], theirs["strategy"], theirs["budget"])
             share = mine["items"] / theirs["items"]
             groups[key].append((share, mine["regret"] - theirs["regret"]))

@@ -94,7 +94,7 @@ def test_the_shipped_landscape_is_loaded_in_place_and_never_trained(monkeypatch)
     assert spec["sources"]["base"] == str(DEMO_FAMILY_DIR / "seed0" / "base")
 
 
-@pytest.mark.parametrize("strategy", ["auto", "auto+mf", "tpe+mf", "demo"])
+@pytest.mark.parametrize("strategy", ["auto", "auto+mf", "tpe+mf", "auto+mf+cap", "demo"])
 def test_every_strategy_names_a_valid_study(strategy):
     """A multi-fidelity strategy's ``+`` is not allowed in a study name (a run of ``auto+mf``
     once stopped the whole suite there)."""
@@ -155,3 +155,43 @@ def test_a_run_under_another_recipe_of_its_strategy_is_not_taken_as_recorded(mon
     monkeypatch.setattr(E, "MF_PRUNER", {**E.MF_PRUNER, "stages": [10, None]})
     assert E.strategy_recipe("auto+mf") != before["auto+mf"]
     assert all(E.strategy_recipe(s) == before[s] for s in strategies if s != "auto+mf")
+
+
+def test_a_capped_strategy_is_paired_with_its_unpruned_self_at_half_its_budget():
+    """``auto+mf+cap`` at 120 trials is judged against ``auto`` at 60 (the items it may spend)
+    and at 120; never against another strategy, and ``auto+cap`` names no strategy."""
+    from bench import search_efficacy as E
+
+    def run(strategy: str, budget: int, heldout: float, items: int) -> dict:
+        return {**_run("demo-s0", "aaaa", heldout, strategy), "budget": budget, "items": items}
+
+    runs = [
+        run("auto", 60, 0.76, 24000),
+        run("auto", 120, 0.79, 48000),
+        run("auto+mf+cap", 120, 0.78, 23600),
+        run("tpe", 60, 0.70, 24000),
+    ]
+    rows = {(r["against"], r["against_budget"]): r for r in R.multi_fidelity_rows(runs, REFERENCES)}
+    assert set(rows) == {("auto", 60), ("auto", 120)}
+    assert rows[("auto", 60)]["items_share"] == pytest.approx(23600 / 24000)
+    assert rows[("auto", 60)]["mean"] == pytest.approx(-0.02)  # 0.78 against 0.76
+    assert R.unpruned("auto+mf+cap") == R.unpruned("auto+mf") == "auto"
+    assert E.strategy_recipe("auto+mf+cap") != E.strategy_recipe("auto+mf")
+    with pytest.raises(ValueError, match="auto\\+cap"):
+        E.run_command([], ["auto+cap"], [60], [0])
+
+
+def test_a_capped_run_searches_with_the_pruner_and_an_item_budget():
+    from bench import search_efficacy as E
+    from bench.efficacy import landscapes as L
+    from mergesearch.search.spec.schema import SearchSpec
+
+    shipped = L.get("shipped-s0")
+    specs = {
+        s: E.run_spec(shipped, s, 120, 1, storage="sqlite:///unused.db", name="x")
+        for s in ("auto", "auto+mf", "auto+mf+cap")
+    }
+    assert specs["auto+mf+cap"]["budget"] == {"trials": 120, "items": 60 * 2 * 200}
+    assert specs["auto+mf+cap"]["pruner"] == specs["auto+mf"]["pruner"] == E.MF_PRUNER
+    assert "pruner" not in specs["auto"] and specs["auto+mf"]["budget"] == {"trials": 120}
+    assert SearchSpec.model_validate(specs["auto+mf+cap"]).budget.items == 24000
