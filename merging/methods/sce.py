@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from mergesearch.merging import buffers
@@ -64,6 +65,31 @@ def select(deltas: list[SP.Delta], select_topk: float) -> TopK | None:
     return select_top_share_of_nonzero(lambda sl: variance(deltas, sl), n, select_topk)
 
 
+def _selected_energies(
+    deltas: list[SP.Delta], rule: TopK | None, keep: SP.Stored | None
+) -> list[float]:
+    """Each model's ``sum d_i ** 2`` over the selected elements (all without a rule), in
+    float64; the selection is stored in ``keep`` on the way."""
+    b, n = deltas[0].b, deltas[0].numel
+    if compiled.applies_to(b, *(d.x for d in deltas)):
+        sums = np.zeros(len(deltas))
+        for sl in blocks(n):  # blocks start at multiples of 8: each packs into whole bytes
+            models = [d.x[sl] for d in deltas]
+            chosen = fused_sce.selected_energy_block(b[sl], models, rule, sl.start, sums)
+            if keep is not None:
+                SP.pack(torch.from_numpy(chosen).view(torch.bool), keep.bits, sl.start)
+        return sums.tolist()
+    energy = [0.0] * len(deltas)
+    for sl in blocks(n):
+        if keep is not None and rule is not None:
+            SP.pack(rule.mask(variance(deltas, sl), sl.start), keep.bits, sl.start)
+        for i, d in enumerate(_task_vectors(deltas, sl)):
+            if keep is not None:
+                d = keep.apply(d, sl)
+            energy[i] += float(d.mul(d).sum(dtype=torch.float64))
+    return energy
+
+
 def sce(
     inputs: list[torch.Tensor],
     base: torch.Tensor | None,
@@ -84,15 +110,7 @@ def sce(
 
     # calculate: the selected energy of each task vector (the selection mask kept, as bits)
     keep = SP.Stored(torch.empty((n + 7) // 8, dtype=torch.uint8)) if rule is not None else None
-    energy = [0.0] * len(deltas)
-    for sl in blocks(n):  # blocks start at multiples of 8: each packs into whole bytes
-        if keep is not None and rule is not None:
-            SP.pack(rule.mask(variance(deltas, sl), sl.start), keep.bits, sl.start)
-        for i, d in enumerate(_task_vectors(deltas, sl)):
-            if keep is not None:
-                d = keep.apply(d, sl)
-            energy[i] += float(P.dot(d, d))
-    energy = [e / n for e in energy]
+    energy = [e / n for e in _selected_energies(deltas, rule, keep)]
     total = sum(energy)
     weights = (
         [1.0 / len(deltas)] * len(deltas)

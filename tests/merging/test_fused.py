@@ -213,6 +213,30 @@ def test_compiled_sce_gives_the_torch_bits(monkeypatch, select_topk, special):
     assert not torch.equal(results[1], base)
 
 
+@pytest.mark.parametrize("select_topk", [1.0, 0.5, 0.1])
+def test_compiled_sce_selection_and_energies_are_the_torch_pass(monkeypatch, select_topk):
+    """The pass that marks sce's selection (ties at the cut lowest index first: the coarse
+    grid puts the cut inside runs of equal variances) and sums each model's selected energy."""
+    from mergesearch.merging.methods import sce
+
+    base, xs = _family(12, special=False)
+    b = base.reshape(-1)
+    deltas = [SP.Delta(x.reshape(-1), b, tuple(base.shape)) for x in xs]
+    n = b.numel()
+    got = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
+        rule = sce.select(deltas, select_topk)
+        keep = SP.Stored(torch.empty((n + 7) // 8, dtype=torch.uint8)) if rule else None
+        got.append((rule, keep, sce._selected_energies(deltas, rule, keep)))
+    (rule, keep, energies), (rule_c, keep_c, energies_c) = got
+    assert rule == rule_c and energies_c == pytest.approx(energies, rel=1e-12)
+    if select_topk < 1:
+        assert 0 < rule.tie_limit < n and torch.equal(keep.bits, keep_c.bits)
+        ties_at_cut = sce.variance(deltas, slice(None)) == rule.value
+        assert int(ties_at_cut.sum()) > 1  # the cut falls inside a run of equal variances
+
+
 @pytest.mark.parametrize("models", [1, 2, 3])
 def test_compiled_variance_is_welfords_in_float64(monkeypatch, models):
     """sce's score (what its top-k ranks) on a block and on a strided sample, both ways."""
