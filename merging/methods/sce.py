@@ -18,6 +18,7 @@ variance is recomputed per block. Equal variances at the cut-off go lowest index
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -59,10 +60,13 @@ def select(deltas: list[SP.Delta], select_topk: float) -> TopK | None:
     """The top-k-variance rule, or ``None`` when every element is kept."""
     if select_topk >= 1:
         return None
-    n = deltas[0].numel
+    n, b, models = deltas[0].numel, deltas[0].b, [d.x for d in deltas]
+    source = partial(variance, deltas)
     if select_topk <= 0:
-        return select_top_k(lambda sl: variance(deltas, sl), n, 0)
-    return select_top_share_of_nonzero(lambda sl: variance(deltas, sl), n, select_topk)
+        return select_top_k(source, n, 0)
+    fast = compiled.applies_to(b, *models)
+    band_pass = partial(fused_sce.variance_band, b, models) if fast else None
+    return select_top_share_of_nonzero(source, n, select_topk, band_pass)
 
 
 def _selected_energies(

@@ -32,6 +32,9 @@ COUNT_RUNS = 64
 
 # Flat scores for an index (a slice, possibly strided) into the flattened tensor.
 ScoreSource = Callable[[slice], torch.Tensor]
+# One pass over every score for the bracket ``(lo, hi)``: how many lie above ``hi``, those in
+# ``[lo, hi]`` (float32), and how many are nonzero.
+BandPass = Callable[[float, float], tuple[int, torch.Tensor, int]]
 
 
 def blocks(n: int, block: int = BLOCK, start: int = 0) -> Iterator[slice]:
@@ -151,7 +154,9 @@ def _with_tie_limit(
     raise AssertionError("unreachable: fewer equal scores than counted")
 
 
-def select_top_share_of_nonzero(source: ScoreSource, n: int, share: float) -> TopK:
+def select_top_share_of_nonzero(
+    source: ScoreSource, n: int, share: float, band_pass: BandPass | None = None
+) -> TopK:
     """``select_top_k(source, n, floor(share * nonzero))``, ``nonzero`` the count of nonzero
     scores (sce keeps a share of the variances that are not 0), counting and bracketing in one
     pass over the scores.
@@ -161,6 +166,8 @@ def select_top_share_of_nonzero(source: ScoreSource, n: int, share: float) -> To
     is widened by that estimate's error, and the pass counts the nonzero scores while it counts
     and gathers as ``kth_largest`` does. When the exact ``k`` falls outside the band (a sample
     that misleads), ``kth_largest`` runs with it: a second pass, the same answer.
+    ``band_pass``: that one pass done by the caller's own loop (sce's compiled variance), with
+    the answers ``_band_pass`` gives.
     """
     if n < SAMPLE_MIN_NUMEL:
         scores = source(slice(None))
@@ -172,7 +179,10 @@ def select_top_share_of_nonzero(source: ScoreSource, n: int, share: float) -> To
     spread = math.sqrt(max(q * (1.0 - q), 1.0 / m) / m)
     spread += share * math.sqrt(max(nonzero_share * (1.0 - nonzero_share), 1.0 / m) / m)
     lo, hi = _sample_bracket(sample, q, 6.0 * spread + 2.0 / m)
-    [(above_hi, band)], nonzero = _band_pass(source, n, [(lo, hi)], count_nonzero=True)
+    if band_pass is not None:
+        above_hi, band, nonzero = band_pass(lo, hi)
+    else:
+        [(above_hi, band)], nonzero = _band_pass(source, n, [(lo, hi)], count_nonzero=True)
     k = int(nonzero * share)
     if k <= 0 or k >= n:
         return select_top_k(source, n, k)

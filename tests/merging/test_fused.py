@@ -237,6 +237,40 @@ def test_compiled_sce_selection_and_energies_are_the_torch_pass(monkeypatch, sel
         assert int(ties_at_cut.sum()) > 1  # the cut falls inside a run of equal variances
 
 
+def test_compiled_sce_band_pass_on_a_sampled_tensor_gives_the_torch_bits(monkeypatch):
+    """Past ``SAMPLE_MIN_NUMEL`` sce brackets its cut from a sample and takes the band in one
+    pass; the compiled variance's band pass must count and gather what NumPy's does."""
+    from functools import partial
+
+    from mergesearch.merging.methods import fused_sce, sce
+
+    g = torch.Generator().manual_seed(13)
+    shape = (S.SAMPLE_MIN_NUMEL // 512 + 3, 512)
+    base = torch.randn(shape, generator=g).to(torch.bfloat16)
+    steps = [torch.randint(-6, 7, shape, generator=g).float() * 0.125 for _ in range(3)]
+    models = [(base.float() + step).to(torch.bfloat16) for step in steps]
+    calls = []
+    original = fused_sce.variance_band
+    monkeypatch.setattr(fused_sce, "variance_band", lambda *a: calls.append(a) or original(*a))
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MERGESEARCH_FUSED", flag)
+        results.append(get_method("sce").fn(models, base, [{}] * 3, {"select_topk": 0.3}, None))
+    assert len(calls) == 1  # the compiled pass ran, once
+    assert torch.equal(results[1], results[0]) and not torch.equal(results[1], base)
+    # the pass itself against NumPy's, a NaN variance (an infinite task vector) included
+    models[0].view(-1)[5::100_003] = float("inf")
+    flat = [x.reshape(-1) for x in models]
+    b = base.reshape(-1)
+    deltas = [SP.Delta(x, b, tuple(shape)) for x in flat]
+    lo, hi = 0.01, 0.02
+    [(above, band)], nonzero = S._band_pass(partial(sce.variance, deltas), b.numel(), [(lo, hi)],
+                                            count_nonzero=True)  # fmt: skip
+    got_above, got_band, got_nonzero = original(b, flat, lo, hi)
+    assert (got_above, got_nonzero) == (above, nonzero) and torch.equal(got_band, band)
+    assert nonzero < b.numel() and 0 < band.numel() < b.numel() // 10
+
+
 @pytest.mark.parametrize("models", [1, 2, 3])
 def test_compiled_variance_is_welfords_in_float64(monkeypatch, models):
     """sce's score (what its top-k ranks) on a block and on a strided sample, both ways."""
