@@ -167,20 +167,18 @@ def selected_energy_block(
 def variance_band(
     base: torch.Tensor, models: list[torch.Tensor], lo: float, hi: float
 ) -> tuple[int, torch.Tensor, int]:
-    """``selection.BandPass`` over sce's variance of the flat ``base`` and ``models``: one
-    compiled pass, no variance block handed to NumPy's compares."""
+    """``selection.BandPass`` over sce's variance of the flat ``base`` and ``models`` (tensors
+    or streamed sources, read block by block): one compiled pass, no variance block handed to
+    NumPy's compares."""
     counts = np.zeros(2, np.int64)
     size = min(base.numel(), BLOCK)
     scratch, variances = np.empty(size, np.float32), np.empty(size, np.float32)
     parts = []
-    models_bits = tuple(bits(x) for x in models)
-    base_bits = bits(base)
     for sl in blocks(base.numel()):
-        block_models = tuple(x[sl] for x in models_bits)
         length = sl.stop - sl.start
         inside = _variance_band_block(
-            base_bits[sl],
-            block_models,
+            bits(base[sl]),
+            tuple(bits(x[sl]) for x in models),
             np.float32(lo),
             np.float32(hi),
             scratch[:length],

@@ -145,12 +145,18 @@ def test_streamed_jobs_merge_bit_for_bit(method, dtype, family, tmp_path):
     assert merger.cache.reserved == 0 and merger.pool._lent_bytes == 0
 
 
-@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "sce", "arcee_fusion"])
-def test_streamed_float32_top_k_takes_its_strided_sample(method, family, tmp_path, monkeypatch):
-    """float32 scores: the top-k samples every n/SAMPLE_SIZE-th score of the whole tensor."""
+@pytest.mark.parametrize(
+    ("method", "dtype"),
+    [(m, None) for m in ("ties", "breadcrumbs_ties", "sce", "arcee_fusion")]
+    + [("sce", "bfloat16"), ("arcee_fusion", "bfloat16")],
+)
+def test_streamed_top_k_takes_its_strided_sample(method, dtype, family, tmp_path, monkeypatch):
+    """float32 scores (and the compiled bfloat16 passes of sce and arcee_fusion): the top-k
+    samples every n/SAMPLE_SIZE-th score of the whole tensor and reads the rest block by block,
+    from streamed sources as from tensors."""
     monkeypatch.setattr(S, "SAMPLE_MIN_NUMEL", 1024)  # the tiny tensors take the sampled path
     monkeypatch.setattr(S, "SAMPLE_SIZE", 256)
-    cfg = _config(method, family)
+    cfg = _config(method, family, dtype)
     whole = _merge(cfg, tmp_path / "whole", Merger(cache_bytes=0, threads=2))
     streamed = _merge(cfg, tmp_path / "streamed", Merger(cache_bytes=0, threads=2, stream_bytes=2))
     for name in whole:
