@@ -1,5 +1,6 @@
-"""sce in bfloat16 as compiled loops (see ``compiled``): its variance score and its
-erase-and-average pass.
+"""sce in bfloat16 as compiled loops (see ``compiled``): its variance score with the top-k's
+band pass, the pass that marks the selection and sums the energies, and the erase-and-average
+pass.
 
 In torch the variance is Welford's update in float64 over every model, a dozen ops per block,
 and it is computed again on every pass that ranks or masks by it; the erase pass is a
@@ -10,9 +11,10 @@ give the torch ops' bits (``tests/merging/test_fused.py``). On one core at Mistr
 element. The pass between them, which marks the selection and sums each model's selected
 energy, is a third loop: in torch it was a variance, a compare, a subtraction, an upcast, a
 mask multiply and a dot product per model and block (10.5 -> 8.3 ns an element for all of
-sce). Its energies are float64 sums in both paths, which may add in another order (as the L1
-sums of ``fused`` do): the float32 squares of 16-bit task vectors are exact, so only that
-order differs.
+sce), and the top-k's band pass counts and gathers right after the variance instead of in
+NumPy and torch (-> 7.9-8.1). Its energies are float64 sums in both paths, which may add in
+another order (as the L1 sums of ``fused`` do): the float32 squares of 16-bit task vectors are
+exact, so only that order differs.
 """
 
 from __future__ import annotations

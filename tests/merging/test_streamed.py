@@ -151,9 +151,9 @@ def test_streamed_jobs_merge_bit_for_bit(method, dtype, family, tmp_path):
     + [("sce", "bfloat16"), ("arcee_fusion", "bfloat16")],
 )
 def test_streamed_top_k_takes_its_strided_sample(method, dtype, family, tmp_path, monkeypatch):
-    """float32 scores (and the compiled bfloat16 passes of sce and arcee_fusion): the top-k
-    samples every n/SAMPLE_SIZE-th score of the whole tensor and reads the rest block by block,
-    from streamed sources as from tensors."""
+    """float32 scores, and bfloat16 for sce (whose band pass is compiled) and arcee_fusion: the
+    top-k samples every n/SAMPLE_SIZE-th score of the whole tensor and reads the rest block by
+    block, from streamed sources as from tensors."""
     monkeypatch.setattr(S, "SAMPLE_MIN_NUMEL", 1024)  # the tiny tensors take the sampled path
     monkeypatch.setattr(S, "SAMPLE_SIZE", 256)
     cfg = _config(method, family, dtype)
