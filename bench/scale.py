@@ -12,7 +12,9 @@ its own small noise. Free disk is checked first, counting the outputs; everythin
 deleted at the end (``--keep`` keeps the family for the next run).
 
 Per method, in this order and in the same run: the I/O floor (read every input the method needs
-once, write one output's bytes once, fsync; the fastest of ``--floor-runs`` measurements),
+once, write one output's bytes once, fsync; the fastest of ``--floor-runs`` measurements) and
+beside it the mapped floor (the inputs mapped and faulted in, as the merge takes them, instead
+of read: no copy out of the page cache),
 ``mergesearch merge``, then mergekit 0.1.5 (from
 ``$MERGEKIT_VENV`` or ``.venv-mergekit``), time-boxed (``--mergekit-timeout``, 20 minutes): past
 it, mergekit is stopped and timed on a one-layer subset instead, and its full time is estimated
@@ -29,6 +31,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -308,6 +311,26 @@ def read_once(paths: list[Path]) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
+def map_once(paths: list[Path]) -> float:
+    """Seconds to map every safetensors file under ``paths`` and fault it in
+    (``MADV_POPULATE_READ``), as the merge's reader takes its sources: no copy out of the
+    page cache, which ``read_once`` pays."""
+    files = [f for p in paths for f in sorted(p.glob("*.safetensors"))]
+    started = time.perf_counter()
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            pages = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            try:
+                pages.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
+            except OSError:  # before Linux 5.14: touch a byte a page instead
+                sum(pages[i] for i in range(0, len(pages), mmap.PAGESIZE))
+            pages.close()
+        finally:
+            os.close(fd)
+    return time.perf_counter() - started
+
+
 def write_once(target: Path, nbytes: int) -> float:
     """Seconds to write ``nbytes`` to ``target`` and fsync it (the file is removed after).
 
@@ -332,23 +355,26 @@ def write_once(target: Path, nbytes: int) -> float:
 
 def io_floor(
     needed: list[Path], out_bytes: int, work: Path, runs: int, *, share_read: bool = False
-) -> tuple[float, float]:
-    """``(read s, floor s)``: the fastest of ``runs`` measurements of reading every input once
-    and writing one output once (with fsync).
+) -> tuple[float, float, float]:
+    """``(read s, floor s, mapped floor s)``: the fastest of ``runs`` measurements of reading
+    every input once and writing one output once (with fsync); the mapped floor maps the
+    inputs instead of reading them (``map_once``), as the merge does.
 
     One measurement of the same bytes moved between 4.7 and 25 s on a shared virtual disk, so
     a single floor made the x-floor ratios noise; the fastest is what the disk can deliver, the
     strictest yardstick. ``share_read``: the method reads only one output's worth of its
     inputs (passthrough keeps some layers of each), so the read is scaled to that.
     """
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, float] | None = None
     for _ in range(max(1, runs)):
         read_s, read_bytes = read_once(needed)
+        map_s = map_once(needed)
         if share_read:
             read_s *= out_bytes / read_bytes
-        floor_s = read_s + write_once(work / "floor.bin", out_bytes)
-        if best is None or floor_s < best[1]:
-            best = (read_s, floor_s)
+            map_s *= out_bytes / read_bytes
+        write_s = write_once(work / "floor.bin", out_bytes)
+        if best is None or read_s + write_s < best[1]:
+            best = (read_s, read_s + write_s, map_s + write_s)
     assert best is not None
     return best
 
@@ -363,6 +389,7 @@ class Row:
     n_models: int = 0
     floor_s: float = 0.0
     read_s: float = 0.0
+    mapped_floor_s: float = 0.0  # the inputs mapped, not read (``map_once``)
     ours: Run | None = None
     theirs: Run | None = None
     theirs_estimate: float | None = None  # seconds, from a subset run when the time box hit
@@ -410,7 +437,7 @@ def run_method(
     row = Row(method, len(needed))
     ours_out, ref_out = work / f"{method}-ours", work / f"{method}-mergekit"
     out_bytes = model_bytes(FAMILIES[args.size], layers)
-    row.read_s, row.floor_s = io_floor(
+    row.read_s, row.floor_s, row.mapped_floor_s = io_floor(
         needed, out_bytes, work, args.floor_runs, share_read=method == "passthrough"
     )
 
@@ -588,8 +615,9 @@ def _s(value: float | None) -> str:
 def format_rows(rows: list[Row]) -> str:
     lines = [
         "| method | models | floor s | mergesearch s | x floor | merge s in process | x floor "
+        "| mapped floor s | x mapped floor "
         "| mergekit s | x floor | speed-up | RSS ours / mergekit GB | max abs diff | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ours = r.ours.seconds if r.ok(r.ours) else None  # type: ignore[union-attr]
@@ -605,6 +633,8 @@ def format_rows(rows: list[Row]) -> str:
             f"{ours / r.floor_s:.2f}" if ours and r.floor_s else "-",
             _s(r.merge_s),
             f"{r.merge_s / r.floor_s:.2f}" if r.merge_s and r.floor_s else "-",
+            _s(r.mapped_floor_s or None),
+            f"{r.merge_s / r.mapped_floor_s:.2f}" if r.merge_s and r.mapped_floor_s else "-",
             est + _s(theirs) if theirs is not None else ("FAILED" if r.theirs else "-"),
             f"{est}{theirs / r.floor_s:.1f}" if theirs and r.floor_s else "-",
             f"{est}{theirs / ours:.1f}x" if theirs and ours else "-",
@@ -731,7 +761,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- Family: Mistral-7B width ({family.dims}), bfloat16 in and out, "
         f"{family.shard_bytes / GB:g} GB shards; base + {family.models - 1} fine-tunes\n"
         f"- Floor: the method's inputs read once + one output written once + fsync, measured "
-        f"right before each method, the fastest of {args.floor_runs}; {args.threads} threads "
+        f"right before each method, the fastest of {args.floor_runs}; mapped floor: the same "
+        f"inputs mapped and faulted in instead of read, as the merge takes them; "
+        f"{args.threads} threads "
         f"for both tools; mergekit time box "
         f"{args.mergekit_timeout:.0f} s (~: estimated from a {SUBSET_LAYERS}-layer subset)\n"
     )

@@ -61,6 +61,8 @@ class BufferPool:
         self._idle_bytes = 0
         self._lent: dict[int, torch.Tensor] = {}  # storage address -> the buffer lent there
         self._lent_bytes = 0
+        # memory the pool did not make but counts as lent (``hold``): storage address -> bytes
+        self._held: dict[int, int] = {}
         self._lock = threading.Lock()
         self.allocations = 0  # buffers made (each costs its pages' first-touch faults)
         self.reuses = 0  # buffers lent again
@@ -101,6 +103,7 @@ class BufferPool:
         with self._lock:
             buf = self._lent.pop(address, None)
             if buf is None:
+                self._lent_bytes -= self._held.pop(address, 0)
                 return False
             size = buf.numel()
             self._lent_bytes -= size
@@ -108,6 +111,23 @@ class BufferPool:
             self._idle_bytes += size
             self._make_room(0)
         return True
+
+    def hold(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Count ``tensor``'s memory, which the pool did not make (a map of a file), as lent
+        until ``give``: idle buffers make room for it, so both stay under one bound."""
+        size = tensor.untyped_storage().nbytes()
+        with self._lock:
+            self._make_room(size)
+            self._held[tensor.untyped_storage().data_ptr()] = size
+            self._lent_bytes += size
+        return tensor
+
+    def lends(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is (a view of) a buffer ``take`` lent and nobody gave back."""
+        if tensor.device.type != "cpu":
+            return False
+        with self._lock:
+            return tensor.untyped_storage().data_ptr() in self._lent
 
     def disown(self, tensor: torch.Tensor) -> None:
         """Stop tracking a tensor ``take`` lent that now belongs to someone else (the cache):
@@ -128,6 +148,7 @@ class BufferPool:
         freed when their last user drops them."""
         with self._lock:
             self._lent.clear()
+            self._held.clear()
             self._lent_bytes = 0
 
     def _make_room(self, size: int) -> None:

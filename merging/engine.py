@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from mergesearch.merging import buffers, derived
 from mergesearch.merging.buffers import TensorCache as _TensorCache
 from mergesearch.merging.card import merge_card
-from mergesearch.merging.checkpoint import CheckpointSet
+from mergesearch.merging.checkpoint import CheckpointSet, mapping
 from mergesearch.merging.config import MergeConfig, load_merge_config
 from mergesearch.merging.errors import ConfigError, MergeRuntimeError
 from mergesearch.merging.methods.draws import Draws
@@ -309,7 +309,12 @@ class Merger:
         """A job's bytes in flight as (inputs and their compute-dtype copies, result)."""
         refs = [*job.inputs, *([job.base] if job.base is not None else [])]
         result = nbytes(job.shape, plan.out_dtype) if job.mergeable else 0
-        if plan.method.result_in_base and job.base is not None and not self.cache.store:
+        if (
+            plan.method.result_in_base
+            and job.base is not None
+            and not self.cache.store
+            and not mapping()  # a mapped base is the file's pages: the result needs its own
+        ):
             base = self.checkpoints.get(job.base.model).tensors[job.base.name]
             if (plan.compute_dtype or base.dtype) == plan.out_dtype:
                 result = 0  # computed into the base's buffer, which this merge owns
@@ -384,12 +389,17 @@ class Merger:
 
     def _read_pooled(self, model: str, name: str, rows: Rows | None) -> torch.Tensor:
         """Rows ``[start, stop)`` of a source tensor (all of it for None) into a buffer of the
-        pool."""
+        pool, or, without a cache, mapped from the file (``Checkpoint.map_rows``): nothing keeps
+        them past their job, so a map costs no more memory and saves the copy."""
         checkpoint = self.checkpoints.get(model)
         info = checkpoint.tensors[name]
         if not info.shape:
             return checkpoint.read_rows(name, 0, 1, self.pool.take((), info.dtype))
         start, stop = rows if rows is not None else (0, info.shape[0])
+        if not self.cache.store:
+            mapped = checkpoint.map_rows(name, start, stop)
+            if mapped is not None:
+                return self.pool.hold(mapped)  # its pages count against the pool's bound
         out = self.pool.take((stop - start, *info.shape[1:]), info.dtype)
         return checkpoint.read_rows(name, start, stop, out)
 
@@ -550,7 +560,11 @@ class Merger:
         if dtype is not None:
             inputs = [t.to(dtype) for t in inputs]
             base = base.to(dtype) if base is not None else None
-        owned = isinstance(base, torch.Tensor) and (not self.cache.store or base is not source_base)
+        # the base's buffer may take the result when this merge made it: a conversion, or a
+        # buffer the pool lent (not a cached tensor, nor a map of the file)
+        owned = isinstance(base, torch.Tensor) and (
+            base is not source_base or (not self.cache.store and self.pool.lends(base))
+        )
         generator = None
         if plan.method.uses_randomness:
             generator = Draws(tensor_seed(seed, job.out_name))

@@ -5,10 +5,11 @@ method that needs a whole tensor (a top-k over it, an L1 norm, random draws in o
 of its inputs at once: four 262 MB embeddings of a Mistral-7B family are a GB by themselves, and
 at 128k-token vocabularies and 8k width they would be 8 GB. Methods that only ever read their
 inputs as flat blocks (``x.reshape(-1)[start:stop]``, ``MergeMethod.flat_blocks``) can take a
-``StreamedSource`` instead: each block is read from the checkpoint when it is asked for (whole
-rows covering it, one ``pread``), so a large job holds its result and a few blocks. Passes that
-read the same block of the same input again in a row (the base, in each model's task vector)
-get the last block back without a second read.
+``StreamedSource`` instead: each block is a view of the tensor mapped from its file (whole rows
+covering it), whose pages are dropped again a few MB behind the pass, so a large job holds its
+result and a window of each input. A reader that does not map (a pickle checkpoint,
+``MERGESEARCH_MAP=0``) reads each block with one ``pread``. Passes that read the same block of
+the same input again in a row (the base, in each model's task vector) get the last block back.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Protocol
 
 import torch
 
+from mergesearch.merging.checkpoint import MappedRows
+
 STRIDED_CHUNK = 1 << 22  # entries read at once while taking a strided sample
+RELEASE_BYTES = 8 << 20  # a mapped source drops the pages this far behind its pass
 
 
 class RowReader(Protocol):
@@ -46,6 +50,9 @@ class StreamedSource:
         self.shape = torch.Size((math.prod(shape),) if flat else shape)
         self._width = math.prod(shape[1:]) if len(shape) > 1 else 1
         self._last: tuple[int, int, torch.Tensor] | None = None
+        self._map: MappedRows | bool | None = False  # False: not tried yet (``_mapped``)
+        self._released = 0  # rows before this one hold no mapped pages
+        self._window_rows = max(1, RELEASE_BYTES // max(1, self._width * stored.itemsize))
 
     def _like(self, *, compute: torch.dtype | None, flat: bool) -> StreamedSource:
         return StreamedSource(
@@ -86,14 +93,39 @@ class StreamedSource:
         if last is not None and last[0] == start and last[1] == stop:
             return last[2]
         first_row, end_row = start // self._width, -(-stop // self._width)
-        rows = torch.empty((end_row - first_row, *self._stored_shape[1:]), dtype=self.stored)
-        self.reader.read_rows(self.name, first_row, end_row, rows)
+        rows = self._rows(first_row, end_row)
         offset = start - first_row * self._width
         values = rows.reshape(-1)[offset : offset + stop - start]
         if self.dtype != self.stored:
             values = values.to(self.dtype)
         self._last = (start, stop, values)
         return values
+
+    def _rows(self, first: int, end: int) -> torch.Tensor:
+        """Rows ``[first, end)`` as stored: a view of the tensor's map where the reader maps
+        (no copy; see ``_mapped``), else read into memory of their own."""
+        mapped = self._mapped()
+        if mapped is None:
+            rows = torch.empty((end - first, *self._stored_shape[1:]), dtype=self.stored)
+            return self.reader.read_rows(self.name, first, end, rows)
+        behind, window = self._released, self._window_rows
+        if first < behind:  # a new pass from the start: what the last one touched goes
+            mapped.release(behind, self._stored_shape[0])
+            self._released = 0
+        elif first - behind >= window:  # this pass moved on: what it left goes
+            mapped.release(behind, first)
+            self._released = first
+        return mapped.rows[first:end]
+
+    def _mapped(self) -> MappedRows | None:
+        """The whole tensor mapped once, on first use (None where the reader does not map).
+        Its pages fault in as blocks are read and are dropped again ``RELEASE_BYTES`` behind
+        the pass, so memory holds a window of the tensor, not all of it (a 470 MB job's
+        inputs at Mistral-7B width)."""
+        if self._map is False:
+            lazily = getattr(self.reader, "map_lazily", None)
+            self._map = lazily(self.name, 0, self._stored_shape[0]) if lazily else None
+        return self._map
 
     def _strided(self, start: int, stop: int, step: int) -> torch.Tensor:
         """Every ``step``-th entry of ``[start, stop)`` (a top-k's strided sample of a float32

@@ -44,6 +44,7 @@ def test_tiny_scale_run_times_merges_and_a_search_then_cleans_up(tmp_path):
     for row in rows:  # the merge's own seconds (from its output line) within the process's
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert 0 < float(cells[5]) <= float(cells[3]), row
+        assert float(cells[7]) >= 0 and float(cells[8]) > 0, row  # the mapped floor, its ratio
     assert "| 1 |" in text  # the search trial's row
     assert not work.exists()  # family, outputs and study deleted
 
@@ -98,17 +99,20 @@ def test_the_floor_is_the_fastest_of_its_runs(tmp_path, monkeypatch):
     """One floor measurement moves severalfold on a shared disk: the fastest of the runs is
     kept, read and write from the same run; passthrough's read is scaled to one output."""
     reads = iter([(4.0, 100), (2.0, 100), (3.0, 100), (4.0, 100)])
+    maps = iter([0.5, 0.25, 0.75, 1.0])
     writes = iter([5.0, 6.0, 1.0, 1.0])
     monkeypatch.setattr(scale, "read_once", lambda paths: next(reads))
+    monkeypatch.setattr(scale, "map_once", lambda paths: next(maps))
     monkeypatch.setattr(scale, "write_once", lambda target, nbytes: next(writes))
-    assert scale.io_floor([], 50, tmp_path, 3) == (3.0, 4.0)  # runs: 9, 8, 4 s
-    assert scale.io_floor([], 50, tmp_path, 1, share_read=True) == (2.0, 3.0)
+    assert scale.io_floor([], 50, tmp_path, 3) == (3.0, 4.0, 1.75)  # runs: 9, 8, 4 s
+    assert scale.io_floor([], 50, tmp_path, 1, share_read=True) == (2.0, 3.0, 1.5)
 
 
 def test_the_floor_reads_and_writes_real_bytes(tmp_path):
     model = tmp_path / "m"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"\0" * 3_000_000)
-    read_s, floor_s = scale.io_floor([model], 2_000_000, tmp_path, 2)
-    assert 0 < read_s < floor_s
+    read_s, floor_s, mapped_s = scale.io_floor([model], 2_000_000, tmp_path, 2)
+    assert 0 < read_s < floor_s and mapped_s > 0
+    assert scale.map_once([model]) > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # the floor's file is removed
