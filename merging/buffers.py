@@ -122,12 +122,12 @@ class BufferPool:
             self._lent_bytes += size
         return tensor
 
-    def lends(self, tensor: torch.Tensor) -> bool:
-        """Whether ``tensor`` is (a view of) a buffer ``take`` lent and nobody gave back."""
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is memory counted with ``hold`` (a map) and not given back."""
         if tensor.device.type != "cpu":
             return False
         with self._lock:
-            return tensor.untyped_storage().data_ptr() in self._lent
+            return tensor.untyped_storage().data_ptr() in self._held
 
     def disown(self, tensor: torch.Tensor) -> None:
         """Stop tracking a tensor ``take`` lent that now belongs to someone else (the cache):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import struct
 import sys
 from pathlib import Path
@@ -162,11 +163,17 @@ def test_a_mapped_base_never_takes_the_result(family):
     plan = merger.plan(cfg)
     job = max((j for j in plan.jobs if j.mergeable), key=lambda j: len(j.shape) and j.shape[0])
     inputs, base = merger._read_part(next(p for p in merger._parts(plan) if p.job is job))
-    assert not merger.pool.lends(base)  # mapped, not a pooled buffer
+    assert merger.pool.holds(base)  # mapped, not a buffer of its own
     kept = base.clone()
     result = merger._compute(plan, job, inputs, base, 0, merger.pool)
     assert result.untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
     assert torch.equal(base, kept)
+    # the engine reads such a base into a buffer of its own, which then takes the result
+    part = next(p for p in merger._parts(plan) if p.job is job)
+    inputs, base = merger._read_part(part, plan.method.result_in_base)
+    assert not merger.pool.holds(base) and all(merger.pool.holds(x) for x in inputs)
+    result = merger._compute(plan, job, inputs, base, 0, merger.pool)
+    assert result.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc/self/maps")
@@ -223,3 +230,32 @@ def test_a_streamed_pass_keeps_a_window_of_its_source_in_memory(tmp_path, monkey
             most = max(most, _mapped_rss(tmp_path / "big" / "model.safetensors"))
     assert source._mapped() is not None  # served from a map, not read
     assert 0 < most <= 6 << 20  # a 1 MB window, the block, the folios around it: not 16 MB
+
+
+@pytest.mark.skipif(not LINUX, reason="mincore and posix_fadvise")
+def test_a_tensor_the_page_cache_does_not_hold_is_read_not_mapped(tmp_path):
+    rows, width = 512, 1024  # 1 MB of bfloat16
+    values = torch.randn(rows, width).bfloat16()
+    data = values.view(torch.int16).numpy().tobytes()
+    _raw_safetensors(tmp_path / "cold", [("w", "BF16", [rows, width], data)])
+    path = tmp_path / "cold" / "model.safetensors"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+    finally:
+        os.close(fd)
+    checkpoint = CheckpointSet().get(str(tmp_path / "cold"))
+    fd = os.open(path, os.O_RDONLY)
+    try:  # asked apart from mincore: a read that must not wait fails on an uncached page
+        os.preadv(fd, [bytearray(4096)], checkpoint.tensors["w"].start + 65536, os.RWF_NOWAIT)
+        pytest.skip("this filesystem kept the file cached whatever it was told")
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+    assert checkpoint.map_lazily("w", 0, rows) is None
+    read = checkpoint.read_rows("w", 0, rows, torch.empty(rows, width, dtype=torch.bfloat16))
+    assert torch.equal(read, values)  # the read brought it into the cache: now it maps
+    mapped = checkpoint.map_rows("w", 0, rows)
+    assert mapped is not None and torch.equal(mapped, values)
