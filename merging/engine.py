@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -305,14 +305,25 @@ class Merger:
         """What a job holds while in flight: its inputs, their compute-dtype copies, its result."""
         return sum(self._job_shares(plan, job))
 
+    def _result_in_base(
+        self, plan: MergePlan, job: TensorJob
+    ) -> Literal["as read", "converted"] | None:
+        """Where a job's result is computed when it goes into its base's buffer, which a merge
+        without a cache owns: into the base as read (then the base is read into a buffer of
+        the merge's own, not mapped), into its compute-dtype copy, or (None) elsewhere."""
+        if not plan.method.result_in_base or job.base is None or self.cache.store:
+            return None
+        stored = self.checkpoints.get(job.base.model).tensors[job.base.name].dtype
+        if (plan.compute_dtype or stored) != plan.out_dtype:
+            return None
+        return "as read" if plan.compute_dtype in (None, stored) else "converted"
+
     def _job_shares(self, plan: MergePlan, job: TensorJob) -> tuple[int, int]:
         """A job's bytes in flight as (inputs and their compute-dtype copies, result)."""
         refs = [*job.inputs, *([job.base] if job.base is not None else [])]
         result = nbytes(job.shape, plan.out_dtype) if job.mergeable else 0
-        if plan.method.result_in_base and job.base is not None and not self.cache.store:
-            base = self.checkpoints.get(job.base.model).tensors[job.base.name]
-            if (plan.compute_dtype or base.dtype) == plan.out_dtype:
-                result = 0  # computed into the base's buffer, which this merge owns
+        if self._result_in_base(plan, job):
+            result = 0  # computed into the base's buffer, which this merge owns
         compute = plan.compute_dtype if job.mergeable else None
         inputs = 0
         for ref in refs:
@@ -405,13 +416,13 @@ class Merger:
         return checkpoint.read_rows(name, start, stop, out)
 
     def _read_part(
-        self, part: _Part, result_in_base: bool = False
+        self, part: _Part, base_holds_result: bool = False
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """A part's inputs and base. A base that will hold the result is read into a buffer
-        of the merge's own, not mapped: a mapped one would make the result take a buffer more,
-        and with it fewer jobs fit in flight (a 7B-width ties merge whose inputs did not fit
-        the page cache: 51-60 s so against 42-58 s read, in alternated runs; 42-46 s against
-        42-45 s with the base read)."""
+        """A part's inputs and base. A base that will hold the result as read
+        (``_result_in_base``) is read into a buffer of the merge's own, not mapped: a mapped
+        one would make the result take a buffer more, and with it fewer jobs fit in flight (a
+        7B-width ties merge whose inputs did not fit the page cache: 51-60 s so against 42-58 s
+        read, in alternated runs; 42-46 s against 42-45 s with the base read)."""
         job = part.job
         if part.streamed:
             return [self._source(r, part.rows) for r in job.inputs], (
@@ -420,7 +431,7 @@ class Merger:
         inputs = [self._read(r, part.rows) for r in job.inputs]
         if job.base is None:
             return inputs, None
-        return inputs, self._read(job.base, part.rows, mapped=not result_in_base)
+        return inputs, self._read(job.base, part.rows, mapped=not base_holds_result)
 
     def _source(self, ref: TensorRef, rows: Rows | None = None) -> torch.Tensor:
         """A source tensor that reads itself block by block (``streamed``), typed as a tensor:
@@ -488,7 +499,11 @@ class Merger:
                             self.cache.reserve(cost)
                             ticket = buffers.Ticket(cost, self.cache.release)
                             tickets.append(ticket)
-                            read = reader.submit(self._read_part, ahead, plan.method.result_in_base)
+                            read = reader.submit(
+                                self._read_part,
+                                ahead,
+                                self._result_in_base(plan, ahead.job) == "as read",
+                            )
                             computed = pool.submit(
                                 self._compute_when_read,
                                 plan,

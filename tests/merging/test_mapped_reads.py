@@ -170,10 +170,16 @@ def test_a_mapped_base_never_takes_the_result(family):
     assert torch.equal(base, kept)
     # the engine reads such a base into a buffer of its own, which then takes the result
     part = next(p for p in merger._parts(plan) if p.job is job)
-    inputs, base = merger._read_part(part, plan.method.result_in_base)
+    assert merger._result_in_base(plan, job) == "as read"
+    inputs, base = merger._read_part(part, True)
     assert not merger.pool.holds(base) and all(merger.pool.holds(x) for x in inputs)
     result = merger._compute(plan, job, inputs, base, 0, merger.pool)
     assert result.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+    # in another compute dtype the result goes into the base's converted copy: it stays mapped
+    converted = merger.plan(_configs(family)["ties_bf16"])
+    job = next(j for j in converted.jobs if j.out_name == job.out_name)
+    assert merger._result_in_base(converted, job) == "converted"
+    assert merger._job_shares(converted, job)[1] == 0  # nor does it need a buffer of its own
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc/self/maps")
