@@ -31,7 +31,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import mmap
 import os
 import re
 import shutil
@@ -63,6 +62,7 @@ from bench.merge_speed import (  # noqa: E402
     referenced_models,
     timed_run,
 )
+from mergesearch.merging.checkpoint import MappedRows  # noqa: E402
 from mergesearch.merging.direct_io import open_output  # noqa: E402
 
 GB = 1e9
@@ -312,20 +312,16 @@ def read_once(paths: list[Path]) -> tuple[float, int]:
 
 
 def map_once(paths: list[Path]) -> float:
-    """Seconds to map every safetensors file under ``paths`` and fault it in
-    (``MADV_POPULATE_READ``), as the merge's reader takes its sources: no copy out of the
-    page cache, which ``read_once`` pays."""
+    """Seconds to map every safetensors file under ``paths`` and fault it in, as the merge's
+    reader takes its sources (``MappedRows.populate``): no copy out of the page cache, which
+    ``read_once`` pays."""
     files = [f for p in paths for f in sorted(p.glob("*.safetensors"))]
     started = time.perf_counter()
     for f in files:
         fd = os.open(f, os.O_RDONLY)
         try:
-            pages = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            try:
-                pages.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
-            except OSError:  # before Linux 5.14: touch a byte a page instead
-                sum(pages[i] for i in range(0, len(pages), mmap.PAGESIZE))
-            pages.close()
+            size = os.fstat(fd).st_size
+            MappedRows(fd, 0, size, torch.uint8, (size,)).populate()
         finally:
             os.close(fd)
     return time.perf_counter() - started
