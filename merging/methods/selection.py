@@ -120,6 +120,8 @@ def select_top_k(
     if k <= 0:
         return TopK(math.inf, 0)
     counted = histogram_kth(bits16, n, k, counts=counts) if bits16 is not None else None
+    if counted is None and counts is not None and counts.gaps is not None:
+        counted = histogram_kth(bits16, n, k)  # the k-th lies outside the bands: count all
     if counted is not None and bits16 is not None:
         value, above, equal = counted.value, counted.above, counted.equal
         scan, target = bits16.source, counted.pattern  # find the ties on the bit patterns
@@ -217,23 +219,34 @@ class Counts16(NamedTuple):
     """How often each non-negative 16-bit pattern that occurs at all occurs, per run of blocks:
     ``counts[run, i]`` for pattern ``patterns[i]`` (ascending), and the flat index where each
     run starts. Only the patterns present are kept (a task vector's magnitudes take a few
-    thousand of the 32768), so a search can keep the counts of every tensor between trials."""
+    thousand of the 32768), so a search can keep the counts of every tensor between trials.
+
+    ``gaps``: None when every score is counted. A count of some patterns only (``banded``)
+    gives per column how many scores lie above its pattern and below the next column's
+    without being counted; scores below the first column are not counted at all."""
 
     patterns: torch.Tensor  # int64, ascending
     counts: torch.Tensor  # int32, runs x patterns (a run holds far fewer than 2**31 entries)
     starts: tuple[int, ...]
+    gaps: torch.Tensor | None = None  # int64, one per pattern
 
     @property
     def nbytes(self) -> int:
-        return self.patterns.nbytes + self.counts.nbytes
+        extra = 0 if self.gaps is None else self.gaps.nbytes
+        return self.patterns.nbytes + self.counts.nbytes + extra
+
+
+def run_layout(n: int, runs: int = COUNT_RUNS) -> tuple[int, tuple[int, ...]]:
+    """``(entries per run, where each run starts)``: whole blocks, at most ``runs`` runs."""
+    block_count = -(-n // BLOCK)  # ceiling divisions: every run but the last is full
+    per_run = -(-block_count // runs) * BLOCK
+    return per_run, tuple(range(0, n, per_run))
 
 
 def count16(bits16: Bits16, n: int, runs: int = COUNT_RUNS) -> Counts16:
     """One counting pass over 16-bit scores, per run of blocks (at most ``runs`` runs)."""
     bins = 1 << 15
-    block_count = -(-n // BLOCK)  # ceiling divisions: every run but the last is full
-    per_run = -(-block_count // runs) * BLOCK
-    starts = tuple(range(0, n, per_run))
+    per_run, starts = run_layout(n, runs)
     counts = torch.zeros(len(starts), bins, dtype=torch.int64)
     for run, start in enumerate(starts):
         for sl in blocks(min(n, start + per_run), start=start):
@@ -254,18 +267,25 @@ def histogram_kth(
     one ``bincount`` per block, with no sample, no band and no upcast; ties are counted, not
     searched. The counts are kept per run of blocks, so the tie search that follows reads one
     run, not everything before the cut.
+    With ``gaps`` (a count of some patterns only) the answer may lie where nothing was
+    counted: None then too.
     """
-    patterns, counts, starts = counts if counts is not None else count16(bits16, n, runs)
-    from_top = counts.sum(0, dtype=torch.int64).flip(0).cumsum_(0)
+    patterns, counts, starts, gaps = counts if counts is not None else count16(bits16, n, runs)
+    totals = counts.sum(0, dtype=torch.int64)
+    from_top = (totals if gaps is None else totals + gaps).flip(0).cumsum_(0)
     index = int(torch.searchsorted(from_top, k))  # the first cumulative count reaching k
+    if index == patterns.numel():
+        return None  # below every counted pattern (only with gaps)
     column = patterns.numel() - 1 - index
+    per_run_equal = counts[:, column]
+    equal = int(per_run_equal.sum())
+    above = int(from_top[index]) - equal
+    if above >= k:
+        return None  # in the uncounted gap above this pattern
     pattern = int(patterns[column])
     value = float(torch.tensor(pattern, dtype=torch.int16).view(bits16.dtype))
     if math.isnan(value):
         return None
-    per_run_equal = counts[:, column]
-    equal = int(per_run_equal.sum())
-    above = int(from_top[index]) - equal
     return Counted16(value, above, equal, pattern, starts, tuple(per_run_equal.tolist()))
 
 
@@ -292,12 +312,7 @@ def kth_largest_of_each(
     found: list[tuple[float, int, int] | None] = [None] * len(ks)
     if n >= SAMPLE_MIN_NUMEL:
         sample = source(slice(None, None, n // SAMPLE_SIZE))
-        m = sample.numel()
-        brackets = []
-        for k in ks:
-            q = 1.0 - k / n  # quantile of the answer among all scores
-            margin = 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
-            brackets.append(_sample_bracket(sample, q, margin))
+        brackets = [rank_bracket(sample, n, k) for k in ks]
         passed, _ = _band_pass(source, n, brackets)
         found = [_from_band(band, above, k) for (above, band), k in zip(passed, ks, strict=True)]
     if any(kth is None for kth in found):
@@ -348,6 +363,15 @@ def _from_band(band: torch.Tensor, above_hi: int, k: int) -> tuple[float, int, i
     if 1 <= need <= band.numel():
         return _counted(band, band.numel() - need + 1, above_hi)
     return None
+
+
+def rank_bracket(sample: torch.Tensor, n: int, k: int) -> tuple[float, float]:
+    """Scores that bracket the ``k``-th largest of ``n``, from a sample of them: its
+    quantiles six standard errors either side of the answer's."""
+    m = sample.numel()
+    q = 1.0 - k / n  # quantile of the answer among all scores
+    margin = 6.0 * math.sqrt(max(q * (1.0 - q), 1.0 / m) / m) + 2.0 / m
+    return _sample_bracket(sample, q, margin)
 
 
 def _sample_bracket(sample: torch.Tensor, q: float, margin: float) -> tuple[float, float]:

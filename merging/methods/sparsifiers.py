@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mergesearch.merging import derived
-from mergesearch.merging.methods import compiled, fused
+from mergesearch.merging.methods import banded, compiled, fused
 from mergesearch.merging.methods import primitives as P
 from mergesearch.merging.methods.draws import Draws, limits
 from mergesearch.merging.methods.fused import BlockKeep
@@ -92,20 +92,24 @@ class Delta:
         sixteen = dtype in (torch.bfloat16, torch.float16) and self.x.dtype == dtype
         return Bits16(self.magnitude_bits, dtype) if sixteen else None
 
-    def counts16(self) -> Counts16 | None:
+    def counts16(self, k: int | None = None) -> Counts16 | None:
         """The counting pass over 16-bit ``|d|`` (None for other dtypes), to share between
         several cuts of the same task vector (breadcrumbs takes two) and, in a search, between
-        trials (``derived``)."""
+        trials (``derived``). ``k``: the one rank wanted; where nothing is kept (a one-off
+        merge) and the compiled pass applies, only the patterns near it are counted
+        (``banded``)."""
         bits = self._bits16()
         if bits is None:
             return None
+        if k is not None and self.identity is None and banded.applies(self.x, self.b):
+            return banded.band_counts16(self.x, self.b, k)
         key = None if self.identity is None else ("count16", self.identity, self.x.dtype)
         return derived.remembered(key, lambda: count16(bits, self.numel))
 
     def top_k(self, k: int, counts: Counts16 | None = None) -> TopK:
         """The rule keeping the ``k`` largest ``|d|``; 16-bit scores are counted, not sampled."""
         if counts is None and 0 < k < self.numel:
-            counts = self.counts16()
+            counts = self.counts16(k)
         return select_top_k(self.scores, self.numel, k, bits16=self._bits16(), counts=counts)
 
 
