@@ -18,11 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mergesearch.merging.methods import compiled
+from mergesearch.merging.methods import compiled, selection
 from mergesearch.merging.methods.compiled import CHUNK, bits, jit, numba
 from mergesearch.merging.methods.selection import (
     COUNT_RUNS,
-    SAMPLE_MIN_NUMEL,
     Counts16,
     blocks,
     rank_bracket,
@@ -64,7 +63,7 @@ if numba is not None:
 def applies(x: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the banded pass can serve: bfloat16 task vectors large enough to sample, with
     the compiled loops available."""
-    return compiled.applies_to(x, b) and b.numel() >= SAMPLE_MIN_NUMEL
+    return compiled.applies_to(x, b) and b.numel() >= selection.SAMPLE_MIN_NUMEL
 
 
 def band_counts16(x: torch.Tensor, b: torch.Tensor, k: int, runs: int = COUNT_RUNS) -> Counts16:

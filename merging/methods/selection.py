@@ -121,7 +121,7 @@ def select_top_k(
         return TopK(math.inf, 0)
     counted = histogram_kth(bits16, n, k, counts=counts) if bits16 is not None else None
     if counted is None and counts is not None and counts.gaps is not None:
-        counted = histogram_kth(bits16, n, k)  # the k-th lies outside the bands: count all
+        counted = histogram_kth(bits16, n, k)  # the k-th lies outside the bracket: count all
     if counted is not None and bits16 is not None:
         value, above, equal = counted.value, counted.above, counted.equal
         scan, target = bits16.source, counted.pattern  # find the ties on the bit patterns

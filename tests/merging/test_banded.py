@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergesearch.merging import Merger
 from mergesearch.merging.methods import banded
 from mergesearch.merging.methods import selection as S
 from mergesearch.merging.methods import sparsifiers as SP
 from tests.helpers import reference as R
+from tests.helpers.calls import record_calls
+from tests.helpers.tiny_models import load_state, make_llama_family
 
 pytestmark = pytest.mark.skipif(
     not banded.applies(
@@ -80,3 +83,29 @@ def test_a_search_keeps_the_full_count_and_only_a_one_off_cut_is_banded(monkeypa
     assert len(taken) == 1
     monkeypatch.setenv("MERGESEARCH_FUSED", "0")
     assert delta.counts16(10).gaps is None and len(taken) == 1
+
+
+def test_a_streamed_ties_merge_with_banded_counts_gives_the_full_counts_bits(tmp_path, monkeypatch):
+    """Through the engine, with every job streamed (sources readable only as flat blocks and
+    strided samples): the banded counts serve every tensor and merge the same bits."""
+    family = make_llama_family(tmp_path / "family", n_models=3, seed=1)
+    monkeypatch.setattr(S, "SAMPLE_MIN_NUMEL", 1024)  # the tiny tensors are counted banded
+    cfg = {
+        "merge_method": "ties",
+        "base_model": str(family[0]),
+        "models": [
+            {"model": str(m), "parameters": {"weight": w, "density": d}}
+            for m, w, d in zip(family[1:], (0.6, 0.4), (0.5, 0.2), strict=True)
+        ],
+        "dtype": "bfloat16",
+    }
+    banded_calls = record_calls(monkeypatch, banded, "band_counts16")
+    streamed = Merger(cache_bytes=0, threads=2, stream_bytes=2)  # every job streams
+    streamed.merge_to_disk(cfg, tmp_path / "banded", progress=False)
+    assert len(banded_calls) >= 2 * 7  # two task vectors of every matrix of both layers
+    monkeypatch.setattr(banded, "applies", lambda x, b: False)
+    Merger(cache_bytes=0, threads=2).merge_to_disk(cfg, tmp_path / "full", progress=False)
+    got, want = load_state(tmp_path / "banded"), load_state(tmp_path / "full")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
