@@ -7,7 +7,7 @@ of them. A one-off cut asks for one rank only. Here a strided sample brackets th
 pattern (as ``selection.kth_largest_of_each`` brackets a float), and one compiled pass forms
 ``|x - b|`` itself, counts the entries above the bracket with a compare that vectorizes, and
 counts patterns only inside the bracket (about 2% of the entries with a sample of 2**18):
-about 0.7 ns an entry, plus 0.1-0.2 ns for the sample. The result is a ``Counts16`` of the
+0.7-0.9 ns an entry, the sample included. The result is a ``Counts16`` of the
 bracket's patterns whose ``gaps`` say how many entries lie above it uncounted;
 ``selection.histogram_kth`` reads it as it reads a full count and answers None when the rank
 falls outside the bracket (a sample that misleads), and the caller then counts everything.
