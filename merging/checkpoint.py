@@ -252,7 +252,8 @@ class Checkpoint:
     def map_lazily(self, name: str, start: int, stop: int) -> MappedRows | None:
         """Rows ``[start, stop)`` of tensor ``name`` mapped, their pages faulted in as they are
         touched; None where a map cannot serve them: a pickle checkpoint, no rows, data not
-        aligned to its dtype, ``MERGESEARCH_MAP=0``."""
+        aligned to its dtype, ``MERGESEARCH_MAP=0``, or pages the page cache holds less than
+        ``MAP_CACHED_SHARE`` of (a map saves no copy then)."""
         info = self.tensors.get(name)
         if self._pickle_state is not None or info is None or not info.shape or not mapping():
             return None

@@ -34,7 +34,7 @@ from mergesearch.merging.methods.selection import (
 SAMPLE_SIZE = 1 << 18
 
 if numba is not None:
-    from mergesearch.merging.methods.compiled import narrow, widen
+    from mergesearch.merging.methods.compiled import magnitude_pattern
 
     @jit()
     def _band_counts(base, x, low, high, counts):
@@ -48,7 +48,7 @@ if numba is not None:
             m = min(CHUNK, n - c0)
             xc, bc = x[c0 : c0 + m], base[c0 : c0 + m]
             for j in range(m):  # vectorizes: the chunk's patterns first
-                keys[j] = narrow(widen(xc[j]) - widen(bc[j])) & np.uint16(0x7FFF)
+                keys[j] = magnitude_pattern(xc[j], bc[j])
             higher = 0
             for j in range(m):  # vectorizes: a compare and a sum
                 higher += np.int64(keys[j] > top)

@@ -118,6 +118,12 @@ if numba is not None:
         return widen(narrow(widen(x_half) - base))
 
     @numba.njit(inline="always")
+    def magnitude_pattern(x_half, b_half):
+        """``|x - b|`` of two bfloat16 patterns, rounded as torch rounds the bfloat16
+        subtraction, as its 15-bit pattern: non-negative floats order like these integers."""
+        return narrow(widen(x_half) - widen(b_half)) & np.uint16(0x7FFF)
+
+    @numba.njit(inline="always")
     def widen_into(half, out):
         """bfloat16 patterns ``half`` as float32 into ``out`` (the first ``len(half)``)."""
         for j in range(half.shape[0]):

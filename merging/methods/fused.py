@@ -30,6 +30,7 @@ from mergesearch.merging.methods.compiled import CHUNK, bits, jit, numba
 if numba is not None:
     from mergesearch.merging.methods.compiled import (
         copysign,
+        magnitude_pattern,
         narrow,
         task_vector,
         widen,
@@ -157,7 +158,7 @@ if numba is not None:
             wr, kr = words[o : o + width], keep[o : o + width]
             lowest, highest = 0x7FFF, 0
             for j in range(width):
-                key = narrow(widen(xr[j]) - widen(br[j])) & np.uint16(0x7FFF)
+                key = magnitude_pattern(xr[j], br[j])
                 keys[j] = key
                 lowest = min(lowest, np.int64(key))
                 highest = max(highest, np.int64(key))
